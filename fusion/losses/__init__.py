@@ -1,0 +1,1 @@
+"""Losses, registered in basicsr's ``LOSS_REGISTRY`` by explicit import (BasicSR convention)."""

@@ -1,0 +1,1 @@
+"""Fusion metrics, registered in basicsr's ``METRIC_REGISTRY`` by explicit import."""

@@ -1,0 +1,1 @@
+"""Low-level helpers. Nothing here imports the rest of the package."""

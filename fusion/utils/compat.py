@@ -1,0 +1,113 @@
+"""Fixes that make basicsr 1.4.2 work on torch >= 2.x, torchvision >= 0.17, CPU-only machines.
+
+Every fix lives here, is idempotent, and only applies when the problem is actually present,
+so a future basicsr release that fixes one upstream is left alone. ``fusion/__init__.py`` calls
+:func:`apply_pre_import` before anything imports basicsr and :func:`apply_post_import` after.
+Each fix has a test in ``tests/test_compat.py`` that fails without it.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import os.path as osp
+import sys
+from typing import Any, Callable, Optional
+
+import torch
+
+_APPLIED: dict = {}
+
+
+def fix_functional_tensor_alias() -> bool:
+    """basicsr/data/degradations.py imports ``torchvision.transforms.functional_tensor``, which
+    torchvision 0.17 renamed to ``_functional_tensor``. Alias the new module under the old name."""
+    try:
+        importlib.import_module('torchvision.transforms.functional_tensor')
+        return False
+    except ImportError:
+        pass
+    from torchvision.transforms import _functional_tensor
+    sys.modules['torchvision.transforms.functional_tensor'] = _functional_tensor
+    return True
+
+
+def load_resume_state(opt: dict) -> Optional[dict]:
+    """CPU-safe replacement of ``basicsr.train.load_resume_state``.
+
+    The original calls ``torch.cuda.current_device()`` (crashes without a GPU) and looks for
+    ``experiments/<name>/training_states`` relative to the CWD instead of the experiment root.
+    """
+    from basicsr.utils import check_resume, scandir
+
+    resume_state_path = None
+    if opt.get('auto_resume'):
+        state_dir = opt['path'].get('training_states') or osp.join(opt.get('root_path', '.'), 'experiments',
+                                                                     opt['name'], 'training_states')
+        if osp.isdir(state_dir):
+            states = [v for v in scandir(state_dir, suffix='state', recursive=False, full_path=False)]
+            iters = []
+            for v in states:
+                try:
+                    iters.append(int(float(v.split('.state')[0])))
+                except ValueError:  # e.g. a temporary file of an interrupted save
+                    continue
+            if iters:
+                resume_state_path = osp.join(state_dir, f'{max(iters)}.state')
+                opt['path']['resume_state'] = resume_state_path
+    elif opt['path'].get('resume_state'):
+        resume_state_path = opt['path']['resume_state']
+
+    if resume_state_path is None:
+        return None
+    if not osp.isfile(resume_state_path):
+        raise FileNotFoundError(f'resume_state: no such training state file: {resume_state_path}')
+    if torch.cuda.is_available() and opt.get('num_gpu', 0) != 0:
+        map_location = f'cuda:{torch.cuda.current_device()}'
+    else:
+        map_location = 'cpu'
+    # our own files: they hold optimizer states with python objects, so weights_only=False
+    resume_state = torch.load(resume_state_path, map_location=map_location, weights_only=False)
+    check_resume(opt, resume_state['iter'])
+    return resume_state
+
+
+def init_dist(launcher: str, backend: Optional[str] = None, **kwargs: Any) -> None:
+    """Replacement of ``basicsr.utils.dist_util.init_dist``: picks ``gloo`` without CUDA and only
+    calls ``torch.cuda.set_device`` when CUDA exists (the original divides by the GPU count)."""
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if mp.get_start_method(allow_none=True) is None:
+        mp.set_start_method('spawn')
+    if launcher != 'pytorch':
+        raise ValueError(f'Invalid launcher type: {launcher} (only "pytorch", i.e. torchrun, is supported)')
+    if backend is None or (backend == 'nccl' and not torch.cuda.is_available()):
+        backend = 'nccl' if torch.cuda.is_available() else 'gloo'
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', os.environ.get('RANK', 0))) % torch.cuda.device_count())
+    dist.init_process_group(backend=backend, **kwargs)
+
+
+def _patch(module_name: str, attr: str, new: Callable) -> bool:
+    module = importlib.import_module(module_name)
+    if getattr(module, attr, None) is new:
+        return False
+    setattr(module, attr, new)
+    return True
+
+
+def apply_pre_import() -> None:
+    """Fixes needed before ``import basicsr`` works at all."""
+    if not _APPLIED.get('pre'):
+        _APPLIED['functional_tensor'] = fix_functional_tensor_alias()
+        _APPLIED['pre'] = True
+
+
+def apply_post_import() -> None:
+    """Replace basicsr functions that assume a GPU. The pipelines look the names up at call time."""
+    apply_pre_import()
+    _patch('basicsr.train', 'load_resume_state', load_resume_state)
+    # parse_options imported init_dist into its own namespace: patch both places
+    _patch('basicsr.utils.options', 'init_dist', init_dist)
+    _patch('basicsr.utils.dist_util', 'init_dist', init_dist)
+    _APPLIED['post'] = True

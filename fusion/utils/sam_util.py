@@ -1,0 +1,107 @@
+"""The one place that builds and loads Segment Anything (mask generation and the contrastive
+semantic loss both come here).
+
+No weights can be downloaded at run time: a checkpoint is a local path from the options. A missing
+path is an error with a clear message; callers that have a weight-free fallback decide about it
+themselves and log it (see ``fusion.data`` patch sources and ``ContrastiveSemanticLoss``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os.path as osp
+from functools import partial
+from typing import Dict, Optional, Union
+
+import torch
+
+SAM_MODEL_TYPES = ('vit_b', 'vit_l', 'vit_h')
+
+
+class SAMCheckpointError(FileNotFoundError):
+    """The SAM checkpoint is missing or does not fit the requested model."""
+
+
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_sam_state_dict(path: str, prefix: str = '') -> Dict[str, torch.Tensor]:
+    """Loads a SAM checkpoint on the CPU (``build_sam`` upstream omits ``map_location``).
+
+    Accepts a full SAM state dict, one nested under ``model``/``state_dict``, or an encoder-only
+    dict (as the official SAGE code used). With ``prefix='image_encoder.'`` only those keys are
+    returned, with the prefix stripped; encoder-only dicts are returned as they are.
+    """
+    if not path or not osp.isfile(path):
+        raise SAMCheckpointError(
+            f'SAM checkpoint not found: {path!r}. Download e.g. sam_vit_b_01ec64.pth from the Segment Anything '
+            'release on a machine with internet access and give its local path in the options.')
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    for key in ('model', 'state_dict'):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise SAMCheckpointError(f'{path}: not a state dict (got {type(state).__name__})')
+    if prefix:
+        if any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def build_sam(model_type: str = 'vit_b', checkpoint: Optional[str] = None,
+              device: Union[str, torch.device] = 'cpu') -> torch.nn.Module:
+    """Builds segment_anything's ``Sam`` and loads ``checkpoint`` strictly on the CPU first.
+
+    ``checkpoint=None`` builds random weights on purpose (tests); an empty string or a path that
+    does not exist raises :class:`SAMCheckpointError`.
+    """
+    from segment_anything import sam_model_registry
+
+    if model_type not in SAM_MODEL_TYPES:
+        raise ValueError(f'unknown SAM model_type {model_type!r}; choose one of {SAM_MODEL_TYPES}')
+    sam = sam_model_registry[model_type](checkpoint=None)
+    if checkpoint is not None:
+        state = load_sam_state_dict(checkpoint)
+        missing, unexpected = sam.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise SAMCheckpointError(
+                f'{checkpoint}: does not fit SAM {model_type}: {len(missing)} missing keys (e.g. {missing[:3]}), '
+                f'{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})')
+    return sam.to(device).eval()
+
+
+def build_tiny_sam(embed_dim: int = 32, depth: int = 1, num_heads: int = 2, img_size: int = 1024,
+                   seed: Optional[int] = 0) -> torch.nn.Module:
+    """A randomly initialised SAM built from segment_anything's own classes at tiny size
+    (~0.2 M parameters) for tests and CPU smoke runs. Not for real masks."""
+    from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
+                                           TwoWayTransformer)
+
+    if seed is not None:
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+    prompt_dim = embed_dim
+    patch = 16
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=img_size, patch_size=patch, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+            mlp_ratio=4, out_chans=prompt_dim, qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=False, window_size=0),
+        prompt_encoder=PromptEncoder(
+            embed_dim=prompt_dim, image_embedding_size=(img_size // patch, img_size // patch),
+            input_image_size=(img_size, img_size), mask_in_chans=16),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=1, embedding_dim=prompt_dim, mlp_dim=2 * prompt_dim,
+                                          num_heads=num_heads),
+            transformer_dim=prompt_dim, iou_head_depth=1, iou_head_hidden_dim=prompt_dim),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    if seed is not None:
+        torch.random.set_rng_state(gen_state)
+    return sam.eval()
