@@ -16,6 +16,8 @@ from typing import Any, Callable, Optional
 import torch
 
 _APPLIED: dict = {}
+# the replaced basicsr functions, kept so the tests can show the failure each fix removes
+_ORIGINALS: dict = {}
 
 
 def fix_functional_tensor_alias() -> bool:
@@ -90,8 +92,10 @@ def init_dist(launcher: str, backend: Optional[str] = None, **kwargs: Any) -> No
 
 def _patch(module_name: str, attr: str, new: Callable) -> bool:
     module = importlib.import_module(module_name)
-    if getattr(module, attr, None) is new:
+    current = getattr(module, attr, None)
+    if current is new:
         return False
+    _ORIGINALS.setdefault(f'{module_name}.{attr}', current)
     setattr(module, attr, new)
     return True
 

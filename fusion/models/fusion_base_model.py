@@ -1,0 +1,227 @@
+"""FusionBaseModel: what every fusion model shares on top of basicsr's BaseModel.
+
+basicsr 1.4.2's BaseModel assumes CUDA for DDP, knows only Adam, loads only ``{'params': ...}``
+checkpoints and writes checkpoints non-atomically. This class fixes those in one place and adds
+the fusion validation loop (fused colour images + fusion metrics + tensorboard).
+"""
+from __future__ import annotations
+
+import os.path as osp
+from collections import OrderedDict
+from typing import Dict, Iterator, List, Optional
+
+import torch
+from basicsr.archs import build_network
+from basicsr.metrics import calculate_metric
+from basicsr.models.base_model import BaseModel
+from basicsr.utils import get_root_logger
+from torch import nn
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+from tqdm import tqdm
+
+from fusion.utils.file_util import atomic_torch_save
+from fusion.utils.img_util import fused_to_image, imwrite_atomic
+
+
+def extract_state_dict(checkpoint: dict, param_key: Optional[str], path: str) -> Dict[str, torch.Tensor]:
+    """Returns the network state dict inside ``checkpoint``.
+
+    Accepts our own files (``{'params': ..., 'params_ema': ...}``; ``param_key`` picks one and
+    falls back to ``params``) and plain state dicts such as the released SAGE student.
+    """
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f'{path}: expected a state dict or {{"params": state_dict}}, got {type(checkpoint).__name__}')
+    if param_key and param_key in checkpoint and isinstance(checkpoint[param_key], dict):
+        return checkpoint[param_key]
+    if 'params' in checkpoint and isinstance(checkpoint['params'], dict):
+        if param_key and param_key != 'params':
+            get_root_logger().info(f'Loading {path}: "{param_key}" not found, using "params".')
+        return checkpoint['params']
+    if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return checkpoint  # a plain state dict
+    raise ValueError(f'{path}: no "{param_key}" or "params" entry and not a plain state dict '
+                     f'(top-level keys: {list(checkpoint)[:5]})')
+
+
+def load_checkpoint_file(path: str) -> dict:
+    """Loads a checkpoint on the CPU with a clear error for missing or corrupt files."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # noqa: BLE001  (torch raises many types for corrupt files)
+        raise ValueError(f'{path}: cannot load the checkpoint ({type(err).__name__}: {err})') from err
+
+
+def _concat_batches(batches: List[dict]) -> dict:
+    out = {}
+    for key in batches[0]:
+        values = [b[key] for b in batches]
+        if isinstance(values[0], torch.Tensor):
+            out[key] = torch.cat(values, dim=0)
+        else:
+            out[key] = [v for vs in values for v in (vs if isinstance(vs, (list, tuple)) else [vs])]
+    return out
+
+
+def group_equal_sizes(dataloader, max_batch: int) -> Iterator[dict]:
+    """Re-batches consecutive loader batches of equal image size into batches of up to
+    ``max_batch`` images, so a test set of same-sized pairs runs in fewer, larger forwards."""
+    pending: List[dict] = []
+    count = 0
+    for data in dataloader:
+        size = tuple(data['ir'].shape[-2:])
+        if pending and (size != tuple(pending[0]['ir'].shape[-2:]) or count + data['ir'].shape[0] > max_batch):
+            yield _concat_batches(pending)
+            pending, count = [], 0
+        pending.append(data)
+        count += data['ir'].shape[0]
+    if pending:
+        yield _concat_batches(pending)
+
+
+class FusionBaseModel(BaseModel):
+    """Base for fusion models. Networks are named by suffix: ``net_g`` (the deployed network,
+    so basicsr's EMA works), ``net_t`` (teacher), ``net_seg`` ... each built from
+    ``network_<x>`` and loaded from ``path.pretrain_network_<x>`` / ``param_key_<x>`` /
+    ``strict_load_<x>``."""
+
+    # ----------------------------------------------------------------------------- networks
+    def build_net(self, suffix: str, wrap: bool = True) -> nn.Module:
+        net = build_network(self.opt[f'network_{suffix}'])
+        net = self.model_to_device(net) if wrap else net.to(self.device)
+        self.print_network(net)
+        load_path = self.opt['path'].get(f'pretrain_network_{suffix}')
+        if load_path is not None:
+            param_key = self.opt['path'].get(f'param_key_{suffix}', 'params')
+            self.load_network(net, load_path, self.opt['path'].get(f'strict_load_{suffix}', True), param_key)
+        return net
+
+    def model_to_device(self, net: nn.Module) -> nn.Module:
+        """Like BaseModel's, but DDP works on CPU (gloo) and fully frozen nets are not wrapped."""
+        net = net.to(self.device)
+        trainable = any(p.requires_grad for p in net.parameters())
+        if self.opt.get('dist') and trainable:
+            device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+            net = DistributedDataParallel(
+                net, device_ids=device_ids, find_unused_parameters=self.opt.get('find_unused_parameters', False))
+        elif self.opt.get('num_gpu', 0) > 1 and self.device.type == 'cuda':
+            net = DataParallel(net)
+        return net
+
+    def load_network(self, net: nn.Module, load_path: str, strict: bool = True, param_key: str = 'params') -> None:
+        logger = get_root_logger()
+        net = self.get_bare_model(net)
+        state = extract_state_dict(load_checkpoint_file(load_path), param_key, load_path)
+        state = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items())
+        logger.info(f'Loading {net.__class__.__name__} from {load_path} (param key: {param_key}).')
+        self._print_different_keys_loading(net, state, strict)
+        try:
+            net.load_state_dict(state, strict=strict)
+        except RuntimeError as err:
+            raise RuntimeError(f'{load_path}: does not fit {net.__class__.__name__}: {err}') from err
+
+    def save_network(self, net, net_label: str, current_iter: int, param_key='params') -> None:
+        """basicsr's save_network, written atomically (no truncated .pth after a crash)."""
+        if self.opt.get('rank', 0) != 0:
+            return
+        name = 'latest' if current_iter == -1 else current_iter
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        save_dict = {}
+        for net_, key in zip(nets, keys):
+            state = self.get_bare_model(net_).state_dict()
+            save_dict[key] = OrderedDict((k[7:] if k.startswith('module.') else k, v.cpu()) for k, v in state.items())
+        atomic_torch_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{name}.pth'))
+
+    def save_training_state(self, epoch: int, current_iter: int) -> None:
+        if current_iter == -1 or self.opt.get('rank', 0) != 0:
+            return
+        state = {'epoch': epoch, 'iter': current_iter,
+                 'optimizers': [o.state_dict() for o in self.optimizers],
+                 'schedulers': [s.state_dict() for s in self.schedulers]}
+        state.update(self.extra_training_state())
+        atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    def extra_training_state(self) -> dict:
+        """Subclasses add what exact resumption needs (e.g. step counters, RNG states)."""
+        return {}
+
+    # ----------------------------------------------------------------------------- optim
+    def get_optimizer(self, optim_type: str, params, lr: float, **kwargs) -> torch.optim.Optimizer:
+        """Any ``torch.optim`` optimizer by name (basicsr 1.4.2 only knows Adam)."""
+        optim_cls = getattr(torch.optim, optim_type, None)
+        if optim_cls is None:
+            raise ValueError(f'unknown optimizer type {optim_type!r} (any torch.optim class name works)')
+        return optim_cls(params, lr, **kwargs)
+
+    def get_current_learning_rate(self) -> List[float]:
+        return [group['lr'] for o in self.optimizers for group in o.param_groups[:1]]
+
+    # ----------------------------------------------------------------------------- validation
+    def fuse_batch(self, data: dict) -> torch.Tensor:
+        """Returns the fused Y (B x 1 x H x W) of a validation batch. Subclasses implement."""
+        raise NotImplementedError
+
+    def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        if self.opt.get('rank', 0) == 0:
+            self.nondist_validation(dataloader, current_iter, tb_logger, save_img)
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img: bool) -> Dict[str, float]:
+        """Fuses every pair, saves colour images, computes the configured fusion metrics."""
+        dataset_name = dataloader.dataset.opt['name']
+        val_opt = self.opt.get('val') or {}
+        metrics_opt = val_opt.get('metrics') or {}
+        if metrics_opt and not hasattr(self, 'metric_results'):
+            self.metric_results = {}
+        if metrics_opt:
+            if not hasattr(self, 'best_metric_results') or dataset_name not in self.best_metric_results:
+                self._initialize_best_metric_results(dataset_name)
+            self.metric_results = {m: 0.0 for m in metrics_opt}
+        ext = val_opt.get('save_ext', 'png').lstrip('.')
+        suffix = val_opt.get('suffix')
+        count = 0
+        pbar = tqdm(total=len(dataloader.dataset), unit='image', disable=not val_opt.get('pbar', True))
+        for data in group_equal_sizes(dataloader, int(val_opt.get('batch_size', 1))):
+            fused = self.fuse_batch(data).float().cpu()
+            for i in range(fused.shape[0]):
+                name = data['name'][i]
+                y = fused[i].clamp(0, 1)
+                if save_img:
+                    gray = bool(data['vis_is_gray'][i]) if 'vis_is_gray' in data else False
+                    img = fused_to_image(y, data['vis_cr'][i], data['vis_cb'][i], gray=gray)
+                    if self.opt['is_train']:
+                        path = osp.join(self.opt['path']['visualization'], dataset_name, f'{name}_{current_iter}.{ext}')
+                    else:
+                        stem = f'{name}_{suffix}' if suffix else name
+                        path = osp.join(self.opt['path']['visualization'], dataset_name, f'{stem}.{ext}')
+                    imwrite_atomic(img, path)
+                if metrics_opt:
+                    # metrics see the 8-bit grey images a user would evaluate (0-255 floats)
+                    metric_data = {
+                        'img': torch.round(y[0] * 255).double().numpy(),
+                        'img_ir': torch.round(data['ir'][i, 0].double() * 255).numpy(),
+                        'img_vis': torch.round(data['vis_y'][i, 0].double() * 255).numpy(),
+                    }
+                    for metric_name, metric_opt in metrics_opt.items():
+                        self.metric_results[metric_name] += float(calculate_metric(metric_data, metric_opt))
+                count += 1
+                pbar.update(1)
+                pbar.set_description(f'Fuse {name}')
+        pbar.close()
+        if metrics_opt and count:
+            for metric in self.metric_results:
+                self.metric_results[metric] /= count
+                self._update_best_metric_result(dataset_name, metric, self.metric_results[metric], current_iter)
+            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        return dict(getattr(self, 'metric_results', {}))
+
+    def _log_validation_metric_values(self, current_iter, dataset_name: str, tb_logger) -> None:
+        lines = [f'Validation {dataset_name}']
+        for metric, value in self.metric_results.items():
+            best = self.best_metric_results[dataset_name][metric]
+            lines.append(f'\t # {metric}: {value:.4f}\tBest: {best["val"]:.4f} @ {best["iter"]} iter')
+        get_root_logger().info('\n'.join(lines))
+        if tb_logger:
+            for metric, value in self.metric_results.items():
+                tb_logger.add_scalar(f'metrics/{dataset_name}/{metric}', value, current_iter)

@@ -1,0 +1,13 @@
+"""Test entry point: ``python fusion/test.py -opt options/test_sage.yml``."""
+import os.path as osp
+import sys
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+if ROOT not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, ROOT)
+
+import fusion  # noqa: E402,F401  (basicsr fixes + registries)
+from fusion.pipeline import test_pipeline  # noqa: E402
+
+if __name__ == '__main__':
+    test_pipeline(ROOT)

@@ -1,0 +1,13 @@
+"""Training entry point: ``python fusion/train.py -opt options/train_sage.yml [--auto_resume]``."""
+import os.path as osp
+import sys
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+if ROOT not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, ROOT)
+
+import fusion  # noqa: E402,F401  (basicsr fixes + registries)
+from fusion.pipeline import train_pipeline  # noqa: E402
+
+if __name__ == '__main__':
+    train_pipeline(ROOT)
