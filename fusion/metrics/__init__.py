@@ -1,1 +1,3 @@
 """Fusion metrics, registered in basicsr's ``METRIC_REGISTRY`` by explicit import."""
+from fusion.metrics.fusion_metrics import (ALL_METRICS, DEFAULT_METRICS, EXTRA_METRICS, METRICS,  # noqa: F401
+                                           MetricSpec, compute_all_metrics, resolve_metric_names)
