@@ -107,3 +107,11 @@ def test_imwrite_atomic_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         imwrite_atomic(img, str(tmp_path / 'out' / 'y.png'))
     assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['x.png']
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    import os
+    imwrite_atomic(np.zeros((4, 4), np.uint8), str(tmp_path / 'p.png'))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / 'p.png').stat().st_mode & 0o777 == 0o666 & ~mask

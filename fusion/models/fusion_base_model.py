@@ -6,6 +6,7 @@ the fusion validation loop (fused colour images + fusion metrics + tensorboard).
 """
 from __future__ import annotations
 
+import math
 import os.path as osp
 from collections import OrderedDict
 from typing import Dict, Iterator, List, Optional
@@ -181,6 +182,7 @@ class FusionBaseModel(BaseModel):
         ext = val_opt.get('save_ext', 'png').lstrip('.')
         suffix = val_opt.get('suffix')
         count = 0
+        metric_counts = {m: 0 for m in metrics_opt}
         pbar = tqdm(total=len(dataloader.dataset), unit='image', disable=not val_opt.get('pbar', True))
         for data in group_equal_sizes(dataloader, int(val_opt.get('batch_size', 1))):
             fused = self.fuse_batch(data).float().cpu()
@@ -204,14 +206,20 @@ class FusionBaseModel(BaseModel):
                         'img_vis': torch.round(data['vis_y'][i, 0].double() * 255).numpy(),
                     }
                     for metric_name, metric_opt in metrics_opt.items():
-                        self.metric_results[metric_name] += float(calculate_metric(metric_data, metric_opt))
+                        value = float(calculate_metric(metric_data, metric_opt))
+                        # undefined values (e.g. SCD when the result equals a source) are left out
+                        # of the mean instead of turning it into NaN
+                        if math.isfinite(value):
+                            self.metric_results[metric_name] += value
+                            metric_counts[metric_name] += 1
                 count += 1
                 pbar.update(1)
                 pbar.set_description(f'Fuse {name}')
         pbar.close()
         if metrics_opt and count:
             for metric in self.metric_results:
-                self.metric_results[metric] /= count
+                n = metric_counts[metric]
+                self.metric_results[metric] = self.metric_results[metric] / n if n else float('nan')
                 self._update_best_metric_result(dataset_name, metric, self.metric_results[metric], current_iter)
             self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
         return dict(getattr(self, 'metric_results', {}))
