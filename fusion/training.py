@@ -1,3 +1,315 @@
-"""Training loop. basicsr's train_pipeline for now (SAGEModel and the exact-iteration loop come
-with the training issue)."""
-from basicsr.train import train_pipeline  # noqa: F401
+"""The training loop: basicsr's building blocks, an exact iteration count and exact resumption.
+
+Differences from ``basicsr.train.train_pipeline`` (1.4.2), each for a reason:
+
+* ``while current_iter < total_iter``: exactly ``train.total_iter`` iterations. basicsr's
+  epoch-bounded loop with ``drop_last`` can stop early (basicsr_notes row 10).
+* Data are a pure function of (seed, epoch, position): every sample is loaded with the global
+  python/numpy/torch RNGs seeded from those three (and restored afterwards in the main process),
+  the epoch order comes from basicsr's ``EnlargedSampler`` (seeded by the epoch), and a resumed
+  epoch skips the batches already consumed without loading them. So crops/flips and the order
+  are identical with or without interruption, for any number of workers.
+* Data loaders draw their worker seeds from their own generators, so validation and loader
+  restarts never move the global RNG; the model's RNG states are saved and restored.
+* ``train.stop_at_iter`` stops cleanly after that iteration with a checkpoint (for jobs with a
+  time limit, and for the resume test); ``--auto_resume`` continues.
+* Tensorboard: every loss term (``losses/l_*``), every network's learning rate (``lr/<net>``),
+  and an image grid (IR, visible, teacher, student) every ``logger.image_freq`` iterations.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import os.path as osp
+import random
+import time
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from basicsr.data import build_dataloader, build_dataset
+from basicsr.data.data_sampler import EnlargedSampler
+from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher
+from basicsr.models import build_model
+from basicsr.train import init_tb_loggers
+from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, make_exp_dirs,
+                           mkdir_and_rename)
+from basicsr.utils.options import copy_opt_file, dict2str, parse_options
+from torch.utils.data import Dataset, Sampler
+
+from fusion.utils.compat import load_resume_state
+
+__all__ = ['train_pipeline', 'run_training', 'SeededSamples', 'ResumableSampler', 'sample_seed']
+
+
+def sample_seed(seed: int, epoch: int, rank: int, position: int) -> int:
+    """A 32-bit seed for one sample, a pure function of its place in the run."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, epoch, rank, position]).generate_state(1)[0])
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so that ``dataset[(index, seed)]`` runs ``base[index]`` with the python,
+    numpy and torch global RNGs seeded by ``seed`` (what random crops/flips use) and restores
+    the previous RNG states afterwards. Plain integer keys pass through."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+        self.opt = getattr(base, 'opt', {})
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            return self.base[key]
+        index, seed = key
+        # datasets with their own generators: a per-sample seed hook if they have one; else
+        # SAGEFusionDataset's set_epoch, whose stream is a function of (epoch value, worker id,
+        # draws since set_epoch, index): called per sample, the sample's stream depends on its
+        # seed only (and on the worker id, which is 0 with num_worker_per_gpu: 0)
+        hook = getattr(self.base, 'set_sample_seed', None)
+        if hook is None:
+            hook = getattr(self.base, 'set_epoch', None)
+        if hook is not None:
+            hook(seed)
+        states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            return self.base[index]
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
+
+
+class ResumableSampler(Sampler):
+    """basicsr's ``EnlargedSampler`` order, yielding ``(index, sample_seed)`` and able to start
+    an epoch at a given position (resumption skips what was consumed without loading it)."""
+
+    def __init__(self, base: EnlargedSampler, seed: int, rank: int = 0) -> None:
+        self.base = base
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = int(epoch)
+        self.start = int(start)
+        self.base.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        indices = list(iter(self.base))
+        for position in range(self.start, len(indices)):
+            yield indices[position], sample_seed(self.seed, self.epoch, self.rank, position)
+
+    def __len__(self) -> int:
+        return len(self.base) - self.start
+
+
+def _seeded_generator(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    return g
+
+
+def create_dataloaders(opt: dict, logger: logging.Logger):
+    """Train loader (seeded samples, resumable order) and validation loaders."""
+    train_loader, train_sampler, val_loaders = None, None, []
+    for phase, dataset_opt in opt['datasets'].items():
+        if phase == 'train':
+            enlarge = dataset_opt.get('dataset_enlarge_ratio', 1)
+            train_set = build_dataset(dataset_opt)
+            base_sampler = EnlargedSampler(train_set, opt['world_size'], opt['rank'], enlarge)
+            train_sampler = ResumableSampler(base_sampler, opt['manual_seed'], opt['rank'])
+            train_loader = build_dataloader(SeededSamples(train_set), dataset_opt, num_gpu=opt['num_gpu'],
+                                            dist=opt['dist'], sampler=train_sampler, seed=opt['manual_seed'])
+            # worker base seeds from the loader's own generator: the global RNG is not touched
+            train_loader.generator = _seeded_generator(opt['manual_seed'])
+            iters_per_epoch = len(base_sampler) // train_loader.batch_size
+            if iters_per_epoch == 0:
+                raise ValueError(f'datasets.train: {len(train_set)} images x dataset_enlarge_ratio {enlarge} give '
+                                 f'fewer samples per process ({len(base_sampler)}) than one batch '
+                                 f'({train_loader.batch_size}); '
+                                 'raise dataset_enlarge_ratio or lower batch_size_per_gpu')
+            total_iter = int(opt['train']['total_iter'])
+            logger.info('Training statistics:'
+                        f'\n\tNumber of train images: {len(train_set)}'
+                        f'\n\tDataset enlarge ratio: {enlarge}'
+                        f'\n\tBatch size per gpu: {dataset_opt["batch_size_per_gpu"]}'
+                        f'\n\tWorld size (gpu number): {opt["world_size"]}'
+                        f'\n\tIters per epoch: {iters_per_epoch}'
+                        f'\n\tTotal iters: {total_iter} (about {math.ceil(total_iter / iters_per_epoch)} epochs).')
+        elif phase.split('_')[0] == 'val':
+            val_set = build_dataset(dataset_opt)
+            val_loader = build_dataloader(val_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
+                                          sampler=None, seed=opt['manual_seed'])
+            val_loader.generator = _seeded_generator(opt['manual_seed'])
+            logger.info(f'Number of val images in {dataset_opt["name"]}: {len(val_set)}')
+            val_loaders.append(val_loader)
+        else:
+            raise ValueError(f'Dataset phase {phase} is not recognized (use train, val, val_1, ...).')
+    if train_loader is None:
+        raise ValueError('datasets.train is required for training')
+    return train_loader, train_sampler, val_loaders
+
+
+def _make_prefetcher(opt: dict, loader):
+    mode = opt['datasets']['train'].get('prefetch_mode')
+    if mode is None or mode == 'cpu':
+        return CPUPrefetcher(loader)
+    if mode == 'cuda':
+        if opt['datasets']['train'].get('pin_memory') is not True:
+            raise ValueError('prefetch_mode cuda needs pin_memory: true in datasets.train')
+        return CUDAPrefetcher(loader, opt)
+    raise ValueError(f'datasets.train.prefetch_mode must be none, cpu or cuda, got {mode!r}')
+
+
+def _log_images(model, tb_logger, current_iter: int) -> None:
+    if tb_logger is None or not hasattr(model, 'get_current_visuals'):
+        return
+    from torchvision.utils import make_grid
+
+    visuals = model.get_current_visuals()
+    if not visuals:
+        return
+    keys = list(visuals)
+    rows = torch.stack([visuals[k] for k in keys], dim=1)  # N x K x 1 x H x W: one row per sample
+    grid = make_grid(rows.flatten(0, 1), nrow=len(keys), padding=2, pad_value=1.0)
+    tb_logger.add_image(f'train/{"_".join(keys)}', grid, current_iter)
+
+
+def _validate(model, val_loaders: List, opt: dict, current_iter: int, tb_logger) -> None:
+    for val_loader in val_loaders:
+        model.validation(val_loader, current_iter, tb_logger, opt['val'].get('save_img', True))
+
+
+def run_training(opt: dict, opt_path: str) -> Optional[object]:
+    """Trains from parsed options (``opt['root_path']`` set). Returns the model."""
+    resume_state = load_resume_state(opt)
+    if resume_state is None:
+        make_exp_dirs(opt)
+        if opt['logger'].get('use_tb_logger') and 'debug' not in opt['name'] and opt['rank'] == 0:
+            mkdir_and_rename(osp.join(opt['root_path'], 'tb_logger', opt['name']))
+    copy_opt_file(opt_path, opt['path']['experiments_root'])
+
+    log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")
+    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+    logger.info(get_env_info())
+    logger.info(dict2str(opt))
+    train_opt = opt['train']
+    if opt.get('num_threads'):
+        # CPU threads of torch. On a CPU shared with other jobs, OpenMP threads that outnumber the
+        # free cores spin against each other: 1 thread was 100x faster than 2 on a busy 2-core VM
+        torch.set_num_threads(int(opt['num_threads']))
+        logger.info(f'torch CPU threads: {torch.get_num_threads()}')
+    deterministic = bool(train_opt.get('deterministic', False))
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    tb_logger = init_tb_loggers(opt)
+
+    train_loader, train_sampler, val_loaders = create_dataloaders(opt, logger)
+    batch_size = train_loader.batch_size
+    iters_per_epoch = len(train_sampler.base) // batch_size
+    total_iter = int(train_opt['total_iter'])
+    stop_at = train_opt.get('stop_at_iter')
+    stop_at = None if stop_at in (None, 0) else int(stop_at)
+
+    model = build_model(opt)
+    current_iter = 0
+    if resume_state:
+        model.resume_training(resume_state)
+        current_iter = int(resume_state['iter'])
+        saved_loop = getattr(model, 'loop_state', {}) or {}
+        if saved_loop and saved_loop.get('iters_per_epoch') != iters_per_epoch:
+            logger.warning(f'resume: {iters_per_epoch} iterations per epoch now, {saved_loop.get("iters_per_epoch")} '
+                           'when the state was saved (dataset or batch size changed): the data order will differ.')
+        logger.info(f'Resuming training from iter {current_iter} (epoch {current_iter // iters_per_epoch}).')
+    if hasattr(model, 'loop_state'):
+        model.loop_state = {'iters_per_epoch': iters_per_epoch, 'batch_size': batch_size}
+    if current_iter >= total_iter:
+        logger.info(f'Training already finished ({current_iter} >= total_iter {total_iter}); nothing to do.')
+        if tb_logger:
+            tb_logger.close()
+        return model
+
+    msg_logger = MessageLogger(opt, current_iter, tb_logger)
+    prefetcher = _make_prefetcher(opt, train_loader)
+    logger_opt = opt['logger']
+    print_freq = int(logger_opt.get('print_freq', 100))
+    save_freq = int(logger_opt.get('save_checkpoint_freq', 5000))
+    val_opt = opt.get('val')
+    val_freq = int(val_opt['val_freq']) if val_opt and val_opt.get('val_freq') else None
+    image_freq = int(logger_opt.get('image_freq') or val_freq or save_freq)
+    # everything built: continue the model's RNG stream exactly where the saved run left it
+    if getattr(model, 'resumed_rng', None):
+        from fusion.models.sage_model import restore_rng_state
+        restore_rng_state(model.resumed_rng)
+
+    logger.info(f'Start training from iter {current_iter} to {total_iter}.')
+    data_timer, iter_timer = AvgTimer(), AvgTimer()
+    start_time = time.time()
+    last_saved = last_validated = None
+    epoch = current_iter // iters_per_epoch
+    stopped = False
+    while current_iter < total_iter and not stopped:
+        epoch = current_iter // iters_per_epoch
+        train_sampler.set_epoch(epoch, (current_iter % iters_per_epoch) * batch_size)
+        prefetcher.reset()
+        train_data = prefetcher.next()
+        while train_data is not None and current_iter < total_iter:
+            data_timer.record()
+            current_iter += 1
+            model.feed_data(train_data)
+            model.optimize_parameters(current_iter)
+            iter_timer.record()
+            if current_iter == 1:
+                msg_logger.reset_start_time()
+            if current_iter % print_freq == 0:
+                log_vars = {'epoch': epoch, 'iter': current_iter, 'lrs': model.get_current_learning_rate(),
+                            'time': iter_timer.get_avg_time(), 'data_time': data_timer.get_avg_time()}
+                log_vars.update(model.get_current_log())
+                msg_logger(log_vars)
+                if tb_logger and hasattr(model, 'learning_rates'):
+                    for name, lr in model.learning_rates().items():
+                        tb_logger.add_scalar(f'lr/{name}', lr, current_iter)
+            if tb_logger and current_iter % image_freq == 0:
+                _log_images(model, tb_logger, current_iter)
+            if current_iter % save_freq == 0 or current_iter == stop_at:
+                logger.info('Saving models and training states.')
+                model.save(epoch, current_iter)
+                last_saved = current_iter
+            if val_freq and current_iter % val_freq == 0:
+                _validate(model, val_loaders, opt, current_iter, tb_logger)
+                last_validated = current_iter
+            if current_iter == stop_at:
+                logger.info(f'Stopping after iter {current_iter} as train.stop_at_iter asks; '
+                            'continue with --auto_resume.')
+                stopped = True
+                break
+            data_timer.start()
+            iter_timer.start()
+            train_data = prefetcher.next()
+
+    consumed = str(datetime.timedelta(seconds=int(time.time() - start_time)))
+    if not stopped:
+        logger.info(f'End of training after {current_iter} iterations. Time consumed: {consumed}')
+        if last_saved != current_iter:
+            model.save(epoch, current_iter)
+        logger.info('Save the latest model.')
+        model.save(epoch=-1, current_iter=-1)
+        if val_opt is not None and last_validated != current_iter:
+            _validate(model, val_loaders, opt, current_iter, tb_logger)
+    if tb_logger:
+        tb_logger.close()
+    return model
+
+
+def train_pipeline(root_path: str) -> None:
+    """``python fusion/train.py -opt <yml> [--auto_resume] [--force_yml a:b=c ...]``."""
+    opt, args = parse_options(root_path, is_train=True)
+    opt['root_path'] = root_path
+    run_training(opt, args.opt)
