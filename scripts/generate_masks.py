@@ -1,0 +1,95 @@
+"""Precomputes the teacher's region masks for a folder of IR/visible pairs into a mask cache.
+
+Examples (run from the repository root):
+
+    # SAM, official SAGE settings, GPU if there is one
+    python scripts/generate_masks.py --ir datasets/MFNet/ir --vis datasets/MFNet/vi \\
+        --out datasets/MFNet/masks_sam.lmdb --checkpoint weights/sam_vit_b_01ec64.pth
+
+    # no checkpoint: falls back to superpixels (logged, recorded in the cache metadata)
+    python scripts/generate_masks.py --ir datasets/MFNet/ir --vis datasets/MFNet/vi --out /tmp/masks.lmdb
+
+    # label regions (ablation b) / random rectangles (ablation a)
+    python scripts/generate_masks.py ... --source label --label datasets/MFNet/label
+    python scripts/generate_masks.py ... --source random_crop --set num_masks=8
+
+Re-running the same command resumes: finished images are skipped. Prints a JSON summary.
+"""
+import argparse
+import json
+import logging
+import os.path as osp
+import sys
+
+import yaml
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from fusion.data.mask_generation import generate_mask_cache  # noqa: E402
+
+SAM_FLAGS = ('points_per_side', 'points_per_batch', 'pred_iou_thresh', 'stability_score_thresh',
+             'stability_score_offset', 'box_nms_thresh', 'crop_n_layers', 'crop_nms_thresh', 'crop_overlap_ratio',
+             'crop_n_points_downscale_factor', 'min_mask_region_area')
+
+
+def parse_sets(items, flag):
+    """``KEY=VALUE`` pairs -> dict; values are parsed as YAML (numbers, lists, true/false)."""
+    out = {}
+    for item in items or []:
+        if '=' not in item:
+            raise SystemExit(f'{flag} expects KEY=VALUE, got {item!r}')
+        key, value = item.split('=', 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--ir', required=True, help='folder of infrared images')
+    p.add_argument('--vis', required=True, help='folder of visible images (same base names)')
+    p.add_argument('--label', help='folder of label images (needed by --source label; else only size-checked)')
+    p.add_argument('--out', required=True, help='mask cache to create or resume (an LMDB folder, e.g. masks.lmdb)')
+    p.add_argument('--source', default='sam', choices=['sam', 'label', 'random_crop', 'superpixel'])
+    p.add_argument('--max-masks', type=int, default=8, help='K: masks kept per modality, largest first (default 8)')
+    sam = p.add_argument_group('SAM (defaults: the official SAGE settings)')
+    sam.add_argument('--checkpoint', help='SAM checkpoint file (e.g. sam_vit_b_01ec64.pth)')
+    sam.add_argument('--model-type', default='vit_b', help='vit_b | vit_l | vit_h (tiny: test model)')
+    sam.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
+    for flag in SAM_FLAGS:
+        sam.add_argument('--' + flag.replace('_', '-'), type=float if 'thresh' in flag or 'ratio' in flag or
+                         'offset' in flag else int, default=None)
+    p.add_argument('--set', action='append', metavar='KEY=VALUE', help='any option of the source (repeatable)')
+    p.add_argument('--no-fallback', action='store_true', help='fail instead of using superpixels without a checkpoint')
+    p.add_argument('--fallback-set', action='append', metavar='KEY=VALUE', help='options of the superpixel fallback')
+    p.add_argument('--overwrite', action='store_true', help='empty an existing cache first')
+    p.add_argument('--no-verify-existing', action='store_true',
+                   help='when resuming, do not re-read finished images to check they are unchanged')
+    p.add_argument('--names', help='comma-separated base names to process (default: all pairs)')
+    p.add_argument('--workers', type=int, default=0, help='processes for CPU sources (0: in this process)')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    args = p.parse_args()
+
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s: %(message)s')
+    source_opt = {'type': args.source}
+    if args.source == 'sam':
+        source_opt.update(model_type=args.model_type, device=args.device)
+        if args.checkpoint:
+            source_opt['checkpoint'] = args.checkpoint
+        source_opt.update({f: getattr(args, f) for f in SAM_FLAGS if getattr(args, f) is not None})
+    elif args.checkpoint or any(getattr(args, f) is not None for f in SAM_FLAGS):
+        raise SystemExit('--checkpoint and the SAM flags only apply to --source sam')
+    source_opt.update(parse_sets(args.set, '--set'))
+    summary = generate_mask_cache(
+        args.ir, args.vis, args.out, source_opt, label_dir=args.label, max_masks=args.max_masks,
+        allow_fallback=not args.no_fallback, fallback_opt=parse_sets(args.fallback_set, '--fallback-set'),
+        overwrite=args.overwrite, verify_existing=not args.no_verify_existing,
+        names=args.names.split(',') if args.names else None, workers=args.workers, progress=not args.quiet)
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except (ValueError, OSError) as err:  # bad input: a clear message naming the file, no traceback
+        print(f'error: {err}', file=sys.stderr)
+        sys.exit(2)
