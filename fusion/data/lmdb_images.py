@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from tqdm import tqdm
 
 from fusion.data.lmdb_store import LmdbWriter, write_meta_info
-from fusion.data.sample_io import decode_image_bytes
+from fusion.utils.img_util import decode_image
 from fusion.utils.img_util import ImageReadError, list_pairs
 
 MODALITIES = (('ir', 'ir'), ('vis', 'vis'), ('label', 'label'))  # (pair key, LMDB name)
@@ -33,7 +33,7 @@ def _read_pair(pair: Dict[str, str]) -> Tuple[str, Dict[str, Tuple[bytes, str, T
             continue
         with open(path, 'rb') as f:
             data = f.read()
-        img = decode_image_bytes(data, path)
+        img = decode_image(data, path)
         shape = img.shape if img.ndim == 3 else (*img.shape, 1)
         if ref is None:
             ref = (path, shape)

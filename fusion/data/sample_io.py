@@ -1,9 +1,8 @@
 """Reading one IR/visible/label sample from folders or LMDBs, on top of ``fusion.utils.img_util``.
 
-``img_util`` reads from paths only. The LMDB backend needs the same conversions from bytes, so
-``decode_ir_bytes`` / ``decode_vis_ycrcb_bytes`` below apply img_util's rules to decoded bytes
-(``tests/test_data_io.py`` checks they give bit-identical arrays to ``read_ir`` /
-``read_vis_ycrcb``). If img_util gains ``decode_*`` functions, these become aliases.
+The LMDB backend decodes bytes with ``img_util.decode_image`` and converts them with the same
+``ir_from_array`` / ``vis_ycrcb_from_array`` as ``read_ir`` / ``read_vis_ycrcb``
+(``tests/test_data_io.py`` checks the results are bit-identical).
 
 Also here: labels (class-id images), the RGB uint8 view SAM and the superpixel source need, and
 the per-image fingerprint that ties a mask-cache entry to the images it was made from.
@@ -17,57 +16,19 @@ import cv2
 import numpy as np
 
 from fusion.data.lmdb_store import LmdbReader
-from fusion.utils.img_util import (ImageReadError, _drop_alpha, _to_unit_float, check_same_size, list_pairs,
-                                   read_image, read_ir, read_vis_ycrcb)
+from fusion.utils.img_util import (ImageReadError, check_same_size, decode_image, drop_alpha, ir_from_array,
+                                   list_pairs, read_image, read_ir, read_vis_ycrcb, vis_ycrcb_from_array)
 
 
 # ----------------------------------------------------------------------------------------------
 # decoding from bytes (LMDB backend)
 
-def decode_image_bytes(data: bytes, source: str) -> np.ndarray:
-    """``read_image`` for encoded bytes; ``source`` names the origin in errors (lmdb path:key)."""
-    if not data:
-        raise ImageReadError(f'{source}: empty image data')
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
-        raise ImageReadError(f'{source}: cannot decode the data as an image (corrupt or unsupported format)')
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[..., 0]
-    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
-        raise ImageReadError(f'{source}: unsupported image layout {img.shape}')
-    return img
-
-
-def ir_from_raw(img: np.ndarray, source: str) -> np.ndarray:
-    """Raw decoded image -> grey float32 [0, 1], with ``read_ir``'s rules."""
-    img = _drop_alpha(img)
-    if img.ndim == 3:
-        if img.dtype not in (np.uint8, np.uint16, np.float32):
-            img = img.astype(np.float32)
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-    return _to_unit_float(img, source)
-
-
-def vis_ycrcb_from_raw(img: np.ndarray, source: str) -> Tuple[np.ndarray, bool]:
-    """Raw decoded image -> (Y, Cr, Cb) float32 [0, 1] and is_gray, with ``read_vis_ycrcb``'s rules."""
-    img = _drop_alpha(img)
-    is_gray = img.ndim == 2
-    if is_gray:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.dtype not in (np.uint8, np.uint16, np.float32):
-        img = img.astype(np.float32)
-    if img.dtype == np.float32:
-        img = np.clip(img, 0.0, 1.0)
-    ycrcb = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2YCrCb)
-    return _to_unit_float(ycrcb, source), is_gray
-
-
 def decode_ir_bytes(data: bytes, source: str) -> np.ndarray:
-    return ir_from_raw(decode_image_bytes(data, source), source)
+    return ir_from_array(decode_image(data, source), source)
 
 
 def decode_vis_ycrcb_bytes(data: bytes, source: str) -> Tuple[np.ndarray, bool]:
-    return vis_ycrcb_from_raw(decode_image_bytes(data, source), source)
+    return vis_ycrcb_from_array(decode_image(data, source), source)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,7 +37,7 @@ def decode_vis_ycrcb_bytes(data: bytes, source: str) -> Tuple[np.ndarray, bool]:
 def label_from_raw(img: np.ndarray, source: str) -> np.ndarray:
     """A class-id image -> H x W int64. Colour label images (palettes) are refused: ids only."""
     if img.ndim == 3:
-        img = _drop_alpha(img)
+        img = drop_alpha(img)
         if not (np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2])):
             raise ImageReadError(f'{source}: the label is a colour image; labels must hold one class id per pixel '
                                  '(single-channel 8/16-bit PNG)')
@@ -91,7 +52,7 @@ def read_label(path: str) -> np.ndarray:
 
 
 def decode_label_bytes(data: bytes, source: str) -> np.ndarray:
-    return label_from_raw(decode_image_bytes(data, source), source)
+    return label_from_raw(decode_image(data, source), source)
 
 
 def check_label(label: np.ndarray, ir: np.ndarray, label_path: str, ir_path: str) -> None:
@@ -105,7 +66,7 @@ def check_label(label: np.ndarray, ir: np.ndarray, label_path: str, ir_path: str
 
 def raw_to_rgb_uint8(img: np.ndarray) -> np.ndarray:
     """Raw decoded image (BGR/BGRA/grey, 8/16-bit or float) -> H x W x 3 RGB uint8."""
-    img = _drop_alpha(img)
+    img = drop_alpha(img)
     if img.dtype == np.uint16:
         img = np.round(img.astype(np.float32) / 257.0).astype(np.uint8)
     elif img.dtype != np.uint8:

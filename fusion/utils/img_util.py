@@ -39,6 +39,23 @@ def is_image_file(path: str) -> bool:
     return osp.splitext(path)[1].lower() in IMG_EXTENSIONS
 
 
+def decode_image(data: bytes, source: str) -> np.ndarray:
+    """Decodes encoded image bytes unchanged (bit depth and channels kept; BGR for colour).
+
+    ``source`` names the origin in errors (a path, or ``lmdb_path:key``).
+    """
+    if not data:
+        raise ImageReadError(f'{source}: the file is empty (0 bytes)')
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise ImageReadError(f'{source}: cannot decode the file as an image (corrupt or unsupported format)')
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
+        raise ImageReadError(f'{source}: unsupported image layout {img.shape}')
+    return img
+
+
 def read_image(path: str) -> np.ndarray:
     """Reads an image file unchanged (bit depth and channels kept; BGR order for colour).
 
@@ -46,18 +63,8 @@ def read_image(path: str) -> np.ndarray:
     """
     if not osp.isfile(path):
         raise ImageReadError(f'{path}: no such file')
-    if osp.getsize(path) == 0:
-        raise ImageReadError(f'{path}: the file is empty (0 bytes)')
     # np.fromfile + imdecode also copes with non-ASCII paths, which cv2.imread does not
-    data = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
-        raise ImageReadError(f'{path}: cannot decode the file as an image (corrupt or unsupported format)')
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[..., 0]
-    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
-        raise ImageReadError(f'{path}: unsupported image layout {img.shape}')
-    return img
+    return decode_image(np.fromfile(path, dtype=np.uint8).tobytes(), path)
 
 
 def _to_unit_float(img: np.ndarray, path: str) -> np.ndarray:
@@ -74,26 +81,23 @@ def _to_unit_float(img: np.ndarray, path: str) -> np.ndarray:
     raise ImageReadError(f'{path}: unsupported pixel type {img.dtype} (use 8/16-bit integers or float)')
 
 
-def _drop_alpha(img: np.ndarray) -> np.ndarray:
+def drop_alpha(img: np.ndarray) -> np.ndarray:
     return img[..., :3] if img.ndim == 3 and img.shape[2] == 4 else img
 
 
-def read_ir(path: str) -> np.ndarray:
-    """Reads an infrared image as grey float32 H x W in [0, 1]."""
-    img = _drop_alpha(read_image(path))
+def ir_from_array(img: np.ndarray, source: str) -> np.ndarray:
+    """A decoded image -> grey float32 H x W in [0, 1] (colour through OpenCV's BGR->GRAY)."""
+    img = drop_alpha(img)
     if img.ndim == 3:
         if img.dtype not in (np.uint8, np.uint16, np.float32):
             img = img.astype(np.float32)
         img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-    return _to_unit_float(img, path)
+    return _to_unit_float(img, source)
 
 
-def read_vis_ycrcb(path: str) -> Tuple[np.ndarray, bool]:
-    """Reads a visible image as float32 H x W x 3 (Y, Cr, Cb) in [0, 1].
-
-    Returns the array and whether the file was grey (so the fused result can be saved grey).
-    """
-    img = _drop_alpha(read_image(path))
+def vis_ycrcb_from_array(img: np.ndarray, source: str) -> Tuple[np.ndarray, bool]:
+    """A decoded image -> float32 H x W x 3 (Y, Cr, Cb) in [0, 1], and whether it was grey."""
+    img = drop_alpha(img)
     is_gray = img.ndim == 2
     if is_gray:
         img = np.repeat(img[..., None], 3, axis=2)
@@ -102,13 +106,26 @@ def read_vis_ycrcb(path: str) -> Tuple[np.ndarray, bool]:
     if img.dtype == np.float32:
         img = np.clip(img, 0.0, 1.0)
     ycrcb = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2YCrCb)
-    return _to_unit_float(ycrcb, path), is_gray
+    return _to_unit_float(ycrcb, source), is_gray
+
+
+def read_ir(path: str) -> np.ndarray:
+    """Reads an infrared image as grey float32 H x W in [0, 1]."""
+    return ir_from_array(read_image(path), path)
+
+
+def read_vis_ycrcb(path: str) -> Tuple[np.ndarray, bool]:
+    """Reads a visible image as float32 H x W x 3 (Y, Cr, Cb) in [0, 1].
+
+    Returns the array and whether the file was grey (so the fused result can be saved grey).
+    """
+    return vis_ycrcb_from_array(read_image(path), path)
 
 
 def read_gray(path: str) -> np.ndarray:
     """Reads any image as grey float32 in the 0-255 range (rounded as the common metric code reads
     it: OpenCV BGR->GRAY on float, then ``np.round``). Used by the metrics and evaluation."""
-    img = _drop_alpha(read_image(path))
+    img = drop_alpha(read_image(path))
     scale = 255.0 / 65535.0 if img.dtype == np.uint16 else (255.0 if img.dtype.kind == 'f' else 1.0)
     img = img.astype(np.float32) * np.float32(scale)
     if img.ndim == 3:
