@@ -1,0 +1,376 @@
+#!/usr/bin/env python
+"""Size and speed of the SAGE student (plain vs our fast path) and the teacher, in one process.
+
+For every device and size: parameters, FLOPs (``torch.utils.flop_counter.FlopCounterMode``,
+2 x multiply-accumulates, counted on the meta device so nothing is allocated) and latency per image
+of
+
+* ``student_plain``: the eval-mode student as the official test code runs it (``model.eval()``,
+  ``torch.no_grad()``, NCHW float32, ``out, _ = model(y, ir)``, torch/cuDNN defaults);
+* ``student_ours``: :class:`fusion.utils.student_inference.StudentInferencer` (BN folded, fused
+  oneDNN kernels on CPU, channels_last, inference_mode, exact fp32 on CUDA), batch 1;
+* ``student_ours_bN``: the same with N equal-size pairs per call (time per image);
+* ``teacher``: :class:`SAGETeacher` (random weights; speed does not depend on them) with
+  mask_num 4 patch channels, when the arch is importable. On CPU only at ``--teacher-cpu-sizes``
+  (its attention is O((HW/16)^2): 768x1024 needs tens of GB and minutes on CPU).
+
+plain and ours are timed alternately, repeat by repeat, so that load from other processes on a
+shared machine hits both alike; the speed-up is the ratio of their medians. CPU times use
+``time.perf_counter``; CUDA times use CUDA events after ``--warmup`` untimed runs. The
+compute-bound floor is the student's FLOPs divided by the best fp32 matmul throughput measured on
+the same device (TF32 off), i.e. the time the student would take if its convolutions ran at
+matmul speed. ``max_abs_diff_vs_exact`` compares each path with the plain student in exact fp32 on a
+real M3FD image resized to the size (on CUDA torch's defaults let cuDNN use TF32 in the plain path,
+which shows up there as ~5e-4; ours keeps fp32 exact).
+
+Prints a table and one JSON object (also written to ``--json``); ``"student_speedup"`` is
+plain / ours at ``--speedup-size`` (default 480x640) on the CPU.
+
+Examples::
+
+    python scripts/benchmark.py                                  # CPU (+ CUDA when available)
+    python scripts/benchmark.py --device cuda --sizes 768x1024 480x640 --repeats 50 --json bench_gpu.json
+    python scripts/benchmark.py --device cpu --sizes 480x640 --repeats 10 --no-teacher
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import os.path as osp
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import cv2  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import fusion  # noqa: E402,F401  (basicsr fixes + registries)
+from fusion.archs.sage_student_arch import SAGEStudent  # noqa: E402
+from fusion.utils.file_util import atomic_write_bytes  # noqa: E402
+from fusion.utils.img_util import read_ir, read_vis_ycrcb  # noqa: E402
+from fusion.utils.student_inference import (StudentInferencer, exact_fp32, fuse_student,  # noqa: E402
+                                            load_student_checkpoint)
+
+DEFAULT_CKPT = osp.join(ROOT, 'experiments', 'pretrained_models', 'sage_student_official.pth')
+SAMPLE_PAIR = (osp.join(ROOT, 'datasets', 'M3FD', 'vi', '00000.png'),
+               osp.join(ROOT, 'datasets', 'M3FD', 'ir', '00000.png'))
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'size must look like 480x640 (H x W), got {text!r}') from None
+    if h < 16 or w < 16:
+        raise argparse.ArgumentTypeError(f'size {text} too small (>= 16x16)')
+    return h, w
+
+
+def size_str(size: Sequence[int]) -> str:
+    return f'{size[0]}x{size[1]}'
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements
+# ---------------------------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds for one call: CUDA events on GPU, perf_counter on CPU."""
+    if device.type == 'cuda':
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def time_interleaved(fns: Dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int,
+                     desc: str) -> Dict[str, List[float]]:
+    """Times each fn ``repeats`` times after ``warmup`` runs, alternating between them."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in tqdm(range(repeats), desc=desc, leave=False, file=sys.stderr):
+        for name, fn in fns.items():
+            times[name].append(time_once(fn, device))
+    return times
+
+
+def matmul_gflops(device: torch.device, repeats: int = 3) -> Dict[str, float]:
+    """Best fp32 (IEEE, no TF32) matmul throughput on the device, GFLOP/s (best over sizes and
+    repeats: the least disturbed measurement on a shared machine)."""
+    sizes = (8192,) if device.type == 'cuda' else (2048, 4096)
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    best = {'n': 0, 'gflops': 0.0}
+    try:
+        for n in sizes:
+            a = torch.randn(n, n, device=device)
+            b = torch.randn(n, n, device=device)
+            a @ b
+            sync(device)
+            seconds = min(time_once(lambda: a @ b, device) for _ in range(repeats))
+            gflops = 2 * n ** 3 / seconds / 1e9
+            if gflops > best['gflops']:
+                best = {'n': n, 'gflops': gflops}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    return best
+
+
+def count_flops(build: Callable[[], torch.nn.Module], inputs_shapes: Sequence[Tuple[int, ...]],
+                call: Callable[[torch.nn.Module, List[torch.Tensor]], object]) -> int:
+    """FLOPs of one forward pass, counted on the meta device (no memory, no compute)."""
+    model = build().to('meta').eval()
+    inputs = [torch.empty(s, device='meta') for s in inputs_shapes]
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        call(model, inputs)
+    return int(counter.get_total_flops())
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_pair(size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The M3FD sample pair resized to ``size`` (real content for the equality check)."""
+    vis = read_vis_ycrcb(SAMPLE_PAIR[0])[0][..., 0]
+    ir = read_ir(SAMPLE_PAIR[1])
+    h, w = size
+    vis = cv2.resize(vis, (w, h), interpolation=cv2.INTER_AREA)
+    ir = cv2.resize(ir, (w, h), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(vis)[None, None], torch.from_numpy(ir)[None, None]
+
+
+def try_import_teacher():
+    try:
+        from fusion.archs.sage_teacher_arch import SAGETeacher
+    except ImportError as err:
+        print(f'note: teacher skipped, fusion.archs.sage_teacher_arch.SAGETeacher is not importable ({err})',
+              file=sys.stderr)
+        return None
+    return SAGETeacher
+
+
+def ms_stats(seconds: List[float], per: int = 1) -> Dict[str, float]:
+    ms = [s * 1000.0 / per for s in seconds]
+    return {'median_ms': statistics.median(ms), 'min_ms': min(ms), 'max_ms': max(ms), 'n': len(ms)}
+
+
+# ---------------------------------------------------------------------------------------------
+def bench_device(device: torch.device, args: argparse.Namespace, student: SAGEStudent, teacher_cls,
+                 rows: List[dict]) -> Dict[str, dict]:
+    matmul = matmul_gflops(device)
+    print(f'[{device}] fp32 matmul {matmul["n"]}^3: {matmul["gflops"]:.1f} GFLOP/s', file=sys.stderr)
+    plain = student.to(device).eval()
+    ours = StudentInferencer(student, device, max_batch=args.batch)
+    fast_params = n_params(ours.net)
+    for size in args.sizes:
+        h, w = size
+        vis, ir = (t.to(device) for t in load_pair(size))
+        vis_b, ir_b = vis.repeat(args.batch, 1, 1, 1), ir.repeat(args.batch, 1, 1, 1)
+        shapes = [(1, 1, h, w), (1, 1, h, w)]
+        flops_plain = count_flops(SAGEStudent, shapes, lambda m, x: m(*x))
+        flops_ours = count_flops(lambda: fuse_student(SAGEStudent()), shapes, lambda m, x: m(*x))
+        floor_ms = flops_plain / (matmul['gflops'] * 1e9) * 1000.0
+
+        def run_plain() -> torch.Tensor:
+            with torch.no_grad():
+                out, _ = plain(vis, ir)
+            return out
+
+        fns = {'student_plain': run_plain, 'student_ours': lambda: ours.fuse(vis, ir)}
+        if args.batch > 1:
+            fns[f'student_ours_b{args.batch}'] = lambda: ours.fuse(vis_b, ir_b)
+        # equality against the exact fp32 student: on CUDA torch's default lets cuDNN use TF32 for
+        # fp32 convolutions, which moves the plain output by ~5e-4 (reported separately)
+        with exact_fp32(device):
+            plain_exact = run_plain()
+        diffs = {'student_ours': float((plain_exact - ours.fuse(vis, ir)).abs().max())}
+        if args.batch > 1:
+            diffs[f'student_ours_b{args.batch}'] = float((plain_exact - ours.fuse(vis_b, ir_b)).abs().max())
+        plain_default_diff = float((plain_exact - run_plain()).abs().max())
+        times = time_interleaved(fns, device, args.warmup, args.repeats, f'{device} {size_str(size)} student')
+        plain_median = statistics.median(times['student_plain'])
+        for name, ts in times.items():
+            per = args.batch if name.endswith(f'_b{args.batch}') else 1
+            row = {'device': device.type, 'size': size_str(size), 'model': name,
+                   'params': n_params(plain) if name == 'student_plain' else fast_params,
+                   'gflops': (flops_plain if name == 'student_plain' else flops_ours) / 1e9,
+                   'batch': per, **ms_stats(ts, per), 'floor_ms': floor_ms}
+            if name == 'student_plain':
+                row['max_abs_diff_vs_exact'] = plain_default_diff
+            else:
+                row['speedup_vs_plain'] = plain_median / row['median_ms'] * 1000.0
+                row['max_abs_diff_vs_exact'] = diffs[name]
+            rows.append(row)
+        speedup = plain_median / statistics.median(times['student_ours'])
+        print(f'[{device}] {size_str(size)}: plain {plain_median * 1e3:.1f} ms, '
+              f'ours {statistics.median(times["student_ours"]) * 1e3:.1f} ms, x{speedup:.2f}, '
+              f'max |diff| {diffs["student_ours"]:.1e}', file=sys.stderr)
+        bench_teacher(device, args, teacher_cls, size, rows, matmul)
+    return {'matmul': matmul}
+
+
+def bench_teacher(device: torch.device, args: argparse.Namespace, teacher_cls, size: Tuple[int, int],
+                  rows: List[dict], matmul: dict) -> None:
+    if teacher_cls is None or args.no_teacher:
+        return
+    if device.type == 'cpu' and size not in args.teacher_cpu_sizes:
+        print(f'note: teacher not run on CPU at {size_str(size)} (attention over (HW/16)^2 token pairs; '
+              f'add the size to --teacher-cpu-sizes to force it)', file=sys.stderr)
+        return
+    h, w = size
+    m = args.mask_num
+    shapes = [(1, 1, h, w), (1, 1, h, w), (1, m, h, w), (1, m, h, w)]
+    row = {'device': device.type, 'size': size_str(size), 'model': 'teacher', 'batch': 1}
+    try:
+        flops = count_flops(lambda: teacher_cls(mask_num=m), shapes, lambda mod, x: mod(*x))
+        teacher = teacher_cls(mask_num=m).to(device).eval()
+        row.update(params=n_params(teacher), gflops=flops / 1e9,
+                   floor_ms=flops / (matmul['gflops'] * 1e9) * 1000.0)
+        g = torch.Generator().manual_seed(0)
+        inputs = [torch.rand(s, generator=g).to(device) for s in shapes]
+
+        def run() -> None:
+            with torch.no_grad():
+                teacher(*inputs)
+
+        times = time_interleaved({'teacher': run}, device, min(args.warmup, 1), args.teacher_repeats,
+                                 f'{device} {size_str(size)} teacher')
+        row.update(ms_stats(times['teacher']))
+        del teacher, inputs
+    except (RuntimeError, MemoryError) as err:  # CUDA OOM, CPU allocation failure
+        msg = str(err).splitlines()[0][:200]
+        row['skipped'] = f'failed: {msg}'
+        print(f'note: teacher at {size_str(size)} on {device} failed: {msg}', file=sys.stderr)
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+    rows.append(row)
+
+
+def format_table(rows: List[dict]) -> str:
+    head = ['device', 'size', 'model', 'batch', 'params', 'GFLOPs', 'median ms/img', 'min ms/img', 'floor ms',
+            'speedup', 'max abs diff']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for r in rows:
+        def f(key: str, fmt: str) -> str:
+            return format(r[key], fmt) if key in r else '-'
+        lines.append('| ' + ' | '.join([
+            r['device'], r['size'], r['model'], str(r.get('batch', 1)), f('params', ','), f('gflops', '.1f'),
+            f('median_ms', '.1f') if 'skipped' not in r else r['skipped'][:40], f('min_ms', '.1f'),
+            f('floor_ms', '.1f'), f('speedup_vs_plain', '.2f'), f('max_abs_diff_vs_exact', '.1e')]) + ' |')
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'],
+                        help='auto: CPU, plus CUDA when available')
+    parser.add_argument('--sizes', nargs='+', type=parse_size, default=[(768, 1024), (480, 640)],
+                        help='H x W sizes (default 768x1024 480x640)')
+    parser.add_argument('--repeats', type=int, default=10, help='timed runs per model and size (median reported)')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed runs first')
+    parser.add_argument('--batch', type=int, default=4, help='pairs per call for the batched row (1: no row)')
+    parser.add_argument('--checkpoint', default=DEFAULT_CKPT, help='student weights (default: the released ones)')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
+    parser.add_argument('--no-teacher', action='store_true', help='skip the teacher')
+    parser.add_argument('--teacher-cpu-sizes', nargs='*', type=parse_size, default=[(192, 256)],
+                        help='sizes at which the teacher runs on CPU (default 192x256; it is added to --sizes)')
+    parser.add_argument('--teacher-repeats', type=int, default=3)
+    parser.add_argument('--mask-num', type=int, default=4, help="teacher patch channels per modality")
+    parser.add_argument('--speedup-size', type=parse_size, default=(480, 640),
+                        help='size whose CPU plain/ours ratio is reported as "student_speedup"')
+    parser.add_argument('--json', default=None, help='also write the JSON here')
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0 or args.batch < 1:
+        parser.error('--repeats >= 1, --warmup >= 0, --batch >= 1')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    devices = [torch.device('cpu')] if args.device in ('auto', 'cpu') else []
+    if args.device == 'cuda' or (args.device == 'auto' and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            print('error: --device cuda but CUDA is not available', file=sys.stderr)
+            return 1
+        devices.append(torch.device('cuda'))
+
+    try:
+        student = load_student_checkpoint(args.checkpoint)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    teacher_cls = None if args.no_teacher else try_import_teacher()
+
+    load_at_start = os.getloadavg()
+    rows: List[dict] = []
+    per_device: Dict[str, dict] = {}
+    for device in devices:
+        sizes = list(args.sizes)
+        if device.type == 'cpu' and teacher_cls is not None:
+            # the teacher's CPU sizes need student rows too, for a side-by-side line
+            sizes += [s for s in args.teacher_cpu_sizes if s not in sizes]
+        dev_args = argparse.Namespace(**{**vars(args), 'sizes': sizes})
+        per_device[device.type] = bench_device(device, dev_args, student, teacher_cls, rows)
+        if device.type == 'cuda':
+            per_device['cuda']['name'] = torch.cuda.get_device_name(device)
+
+    speedup = None
+    for r in rows:
+        if r['device'] == 'cpu' and r['size'] == size_str(args.speedup_size) and r['model'] == 'student_ours':
+            speedup = r['speedup_vs_plain']
+    report = {
+        'student_speedup': speedup,
+        'student_speedup_definition': f'median plain / median ours, CPU, {size_str(args.speedup_size)}, batch 1',
+        'rows': rows,
+        'devices': per_device,
+        'meta': {
+            'date': datetime.datetime.now().isoformat(timespec='seconds'),
+            'torch': torch.__version__, 'python': platform.python_version(), 'machine': platform.machine(),
+            'cpu': _cpu_name(), 'cpu_threads': torch.get_num_threads(),
+            'load_avg_start': load_at_start, 'load_avg_end': os.getloadavg(),
+            'repeats': args.repeats, 'warmup': args.warmup, 'checkpoint': osp.relpath(args.checkpoint, ROOT),
+            'teacher': 'measured' if teacher_cls is not None and not args.no_teacher else 'skipped',
+        },
+    }
+    print(format_table(rows))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        atomic_write_bytes(text.encode() + b'\n', args.json)
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == '__main__':
+    sys.exit(main())
