@@ -8,8 +8,9 @@ import torch
 from tqdm import tqdm
 
 from fusion.archs.sage_student_arch import SAGEStudent
-from fusion.models.fusion_base_model import extract_state_dict, load_checkpoint_file
+from fusion.utils.checkpoint_util import extract_state_dict, load_checkpoint_file
 from fusion.utils.img_util import check_same_size, fused_to_image, imwrite_atomic, list_pairs, read_ir, read_vis_ycrcb
+from fusion.utils.student_inference import DEFAULT_TILE_OVERLAP, StudentInferencer
 
 DEFAULT_MODEL = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'experiments', 'pretrained_models',
                          'sage_student_official.pth')
@@ -34,41 +35,38 @@ def load_student(model_path: Optional[str] = None, device: Union[str, torch.devi
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise RuntimeError(f'{model_path}: does not fit SAGEStudent(dim={dim}): {err}') from err
+        raise ValueError(f'{model_path}: not a SAGE student state dict for SAGEStudent(dim={dim}) '
+                         f'({str(err).splitlines()[0]})') from err
     return net.to(resolve_device(device)).eval()
 
 
 def fuse_folders(ir_dir: str, vis_dir: str, output_dir: str, net: torch.nn.Module, ext: str = 'png',
                  fast: bool = True, batch_size: int = 4, tile_size: Optional[int] = None,
-                 tile_overlap: int = 32, progress: bool = True) -> List[str]:
-    """Fuses every pair of ``ir_dir``/``vis_dir`` into ``output_dir/<visible name>.<ext>``.
+                 tile_overlap: int = DEFAULT_TILE_OVERLAP, progress: bool = True) -> List[str]:
+    """Fuses every pair of ``ir_dir``/``vis_dir`` into ``output_dir/<pair name>.<ext>``.
 
-    Pairs are checked before any work starts, so a missing partner fails fast; each output file is
-    written atomically. Returns the written paths.
+    Pairs are checked before any work starts, so a missing partner fails fast; up to
+    ``batch_size`` pairs of equal size are fused together; each output file is written
+    atomically. Returns the written paths.
     """
     pairs = list_pairs(ir_dir, vis_dir)
     device = next(net.parameters()).device
-    runner = build_student_runner(net, fast=fast, batch_size=batch_size, tile_size=tile_size,
-                                  tile_overlap=tile_overlap)
+    runner = StudentInferencer(net, device, fast=fast, max_batch=batch_size, tile_size=tile_size,
+                               tile_overlap=tile_overlap)
     written = []
-    for pair in tqdm(pairs, unit='pair', disable=not progress, desc='Fusing'):
-        ir = read_ir(pair['ir_path'])
-        ycrcb, is_gray = read_vis_ycrcb(pair['vis_path'])
-        check_same_size(ir, ycrcb, pair['ir_path'], pair['vis_path'])
-        vis = torch.from_numpy(ycrcb).permute(2, 0, 1)
-        ir_t = torch.from_numpy(ir)[None, None].to(device)
-        fused = runner(vis[None, 0:1].to(device), ir_t)[0].float().cpu().clamp(0, 1)
-        img = fused_to_image(fused, vis[1:2], vis[2:3], gray=is_gray)
-        out_path = osp.join(output_dir, f'{pair["name"]}.{ext.lstrip(".")}')
-        imwrite_atomic(img, out_path)
-        written.append(out_path)
+    with tqdm(total=len(pairs), unit='pair', disable=not progress, desc='Fusing') as pbar:
+        for start in range(0, len(pairs), batch_size):
+            chunk = []
+            for pair in pairs[start:start + batch_size]:
+                ir = read_ir(pair['ir_path'])
+                ycrcb, is_gray = read_vis_ycrcb(pair['vis_path'])
+                check_same_size(ir, ycrcb, pair['ir_path'], pair['vis_path'])
+                chunk.append((pair, torch.from_numpy(ycrcb).permute(2, 0, 1), torch.from_numpy(ir), is_gray))
+            fused_list = runner([(vis[0], ir) for _, vis, ir, _ in chunk])
+            for (pair, vis, _, is_gray), fused in zip(chunk, fused_list):
+                img = fused_to_image(fused.clamp(0, 1), vis[1:2], vis[2:3], gray=is_gray)
+                out_path = osp.join(output_dir, f'{pair["name"]}.{ext.lstrip(".")}')
+                imwrite_atomic(img, out_path)
+                written.append(out_path)
+                pbar.update(1)
     return written
-
-
-def build_student_runner(net: torch.nn.Module, fast: bool = True, batch_size: int = 4,
-                         tile_size: Optional[int] = None, tile_overlap: int = 32):
-    """A callable ``(vis_y, ir) -> fused_y`` for B x 1 x H x W batches."""
-    def plain(vis_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return net(vis_y, ir)[0]
-    return plain

@@ -57,8 +57,8 @@ import fusion  # noqa: E402,F401  (basicsr fixes + registries)
 from fusion.archs.sage_student_arch import SAGEStudent  # noqa: E402
 from fusion.utils.file_util import atomic_write_bytes  # noqa: E402
 from fusion.utils.img_util import read_ir, read_vis_ycrcb  # noqa: E402
-from fusion.utils.student_inference import (StudentInferencer, exact_fp32, fuse_student,  # noqa: E402
-                                            load_student_checkpoint)
+from fusion.utils.student_inference import (StudentInferencer, exact_fp32, fuse_student)  # noqa: E402
+from fusion.inference import load_student  # noqa: E402
 
 DEFAULT_CKPT = osp.join(ROOT, 'experiments', 'pretrained_models', 'sage_student_official.pth')
 SAMPLE_PAIR = (osp.join(ROOT, 'datasets', 'M3FD', 'vi', '00000.png'),
@@ -316,7 +316,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         devices.append(torch.device('cuda'))
 
     try:
-        student = load_student_checkpoint(args.checkpoint)
+        student = load_student(args.checkpoint)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1

@@ -36,8 +36,8 @@ import torch  # noqa: E402
 
 import fusion  # noqa: E402,F401  (basicsr fixes + registries)
 from fusion.utils.img_util import ImageReadError, fused_to_image, read_image, read_ir, read_vis_ycrcb  # noqa: E402
-from fusion.utils.student_inference import (ONNX_MODES, export_student_onnx, fuse_student,  # noqa: E402
-                                            load_student_checkpoint)
+from fusion.utils.student_inference import (ONNX_MODES, export_student_onnx, fuse_student)  # noqa: E402
+from fusion.inference import load_student  # noqa: E402
 
 DEFAULT_CKPT = osp.join(ROOT, 'experiments', 'pretrained_models', 'sage_student_official.pth')
 SAMPLE_VIS = osp.join(ROOT, 'datasets', 'M3FD', 'vi', '00000.png')
@@ -91,7 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--check-ir', default=SAMPLE_IR, help='infrared image for --check')
     args = parser.parse_args(argv)
     try:
-        student = load_student_checkpoint(args.checkpoint)
+        student = load_student(args.checkpoint)
         export_student_onnx(student, args.output, mode=args.mode, opset=args.opset)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f'error: {err}', file=sys.stderr)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fusion.utils.img_util import read_ir, read_vis_ycrcb
-from fusion.utils.student_inference import export_student_onnx, load_student_checkpoint, rgb8_to_ycrcb8
+from fusion.utils.student_inference import export_student_onnx, rgb8_to_ycrcb8
+from fusion.inference import load_student
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 sys.path.insert(0, osp.join(ROOT, 'scripts'))
@@ -21,7 +22,7 @@ MFNET = osp.join(ROOT, 'datasets', 'MFNet')
 
 @pytest.fixture(scope='module')
 def student():
-    return load_student_checkpoint(CKPT)
+    return load_student(CKPT)
 
 
 @pytest.fixture(scope='module')

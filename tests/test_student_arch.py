@@ -3,7 +3,7 @@ import pytest
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from fusion.models.fusion_base_model import extract_state_dict, load_checkpoint_file
+from fusion.utils.checkpoint_util import extract_state_dict, load_checkpoint_file
 
 from conftest import STUDENT_CKPT
 

@@ -10,8 +10,9 @@ from torch import nn
 from fusion.archs.sage_student_arch import SAGEStudent
 from fusion.utils.img_util import read_image, read_ir, read_vis_ycrcb, tensor_to_uint8, ycrcb_to_rgb
 from fusion.utils.student_inference import (FastStudent, StudentInferencer, fold_conv_bn, fuse_student,
-                                            load_student_checkpoint, mkldnn_fused_available,
+                                            mkldnn_fused_available,
                                             resolve_channels_last)
+from fusion.inference import load_student
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 CKPT = osp.join(ROOT, 'experiments', 'pretrained_models', 'sage_student_official.pth')
@@ -22,7 +23,7 @@ TOL = 1e-5  # the issue's bound for "same outputs as the plain eval-mode student
 
 @pytest.fixture(scope='module')
 def student() -> SAGEStudent:
-    return load_student_checkpoint(CKPT)
+    return load_student(CKPT)
 
 
 def load_pair(folder: str, name: str) -> tuple:
@@ -167,14 +168,14 @@ def test_channels_last_auto_follows_the_device():
 
 def test_load_student_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='no_such.pth'):
-        load_student_checkpoint(str(tmp_path / 'no_such.pth'))
+        load_student(str(tmp_path / 'no_such.pth'))
     bad = tmp_path / 'bad.pth'
     torch.save({'module1.0.weight': torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match='bad.pth.*not a SAGE student'):
-        load_student_checkpoint(str(bad))
+        load_student(str(bad))
     wrapped = tmp_path / 'wrapped.pth'
     torch.save({'params': SAGEStudent().state_dict()}, wrapped)
-    assert isinstance(load_student_checkpoint(str(wrapped)), SAGEStudent)
+    assert isinstance(load_student(str(wrapped)), SAGEStudent)
 
 
 def test_official_output_reproduced(student):

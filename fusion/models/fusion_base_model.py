@@ -20,38 +20,11 @@ from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 from tqdm import tqdm
 
+from fusion.archs.sage_student_arch import SAGEStudent
+from fusion.utils.checkpoint_util import extract_state_dict, load_checkpoint_file
 from fusion.utils.file_util import atomic_torch_save
 from fusion.utils.img_util import fused_to_image, imwrite_atomic
-
-
-def extract_state_dict(checkpoint: dict, param_key: Optional[str], path: str) -> Dict[str, torch.Tensor]:
-    """Returns the network state dict inside ``checkpoint``.
-
-    Accepts our own files (``{'params': ..., 'params_ema': ...}``; ``param_key`` picks one and
-    falls back to ``params``) and plain state dicts such as the released SAGE student.
-    """
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f'{path}: expected a state dict or {{"params": state_dict}}, got {type(checkpoint).__name__}')
-    if param_key and param_key in checkpoint and isinstance(checkpoint[param_key], dict):
-        return checkpoint[param_key]
-    if 'params' in checkpoint and isinstance(checkpoint['params'], dict):
-        if param_key and param_key != 'params':
-            get_root_logger().info(f'Loading {path}: "{param_key}" not found, using "params".')
-        return checkpoint['params']
-    if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        return checkpoint  # a plain state dict
-    raise ValueError(f'{path}: no "{param_key}" or "params" entry and not a plain state dict '
-                     f'(top-level keys: {list(checkpoint)[:5]})')
-
-
-def load_checkpoint_file(path: str) -> dict:
-    """Loads a checkpoint on the CPU with a clear error for missing or corrupt files."""
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'checkpoint not found: {path}')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # noqa: BLE001  (torch raises many types for corrupt files)
-        raise ValueError(f'{path}: cannot load the checkpoint ({type(err).__name__}: {err})') from err
+from fusion.utils.student_inference import DEFAULT_TILE_OVERLAP, StudentInferencer
 
 
 def _concat_batches(batches: List[dict]) -> dict:
@@ -158,6 +131,28 @@ class FusionBaseModel(BaseModel):
 
     def get_current_learning_rate(self) -> List[float]:
         return [group['lr'] for o in self.optimizers for group in o.param_groups[:1]]
+
+    # ----------------------------------------------------------------------------- inference
+    def student_inference(self, net: nn.Module, vis_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        """Fused Y of a deployed student for one batch, as configured in ``val``:
+        ``fast_inference`` (default true: BN folded, fused kernels; SAGEStudent only, others run
+        plain), ``tile_size`` / ``tile_overlap`` for images too large for memory. ``net`` is not
+        modified (eval copy), so this is safe in the middle of training."""
+        val_opt = self.opt.get('val') or {}
+        bare = self.get_bare_model(net)
+        fast = bool(val_opt.get('fast_inference', True)) and isinstance(bare, SAGEStudent)
+        tile_size = val_opt.get('tile_size')
+        if fast or tile_size:
+            runner = StudentInferencer(bare, self.device, fast=fast, max_batch=max(1, vis_y.shape[0]),
+                                       tile_size=tile_size,
+                                       tile_overlap=int(val_opt.get('tile_overlap', DEFAULT_TILE_OVERLAP)))
+            return runner.fuse(vis_y, ir)
+        was_training = bare.training
+        bare.eval()
+        with torch.no_grad():
+            out = bare(vis_y.to(self.device), ir.to(self.device))
+        bare.train(was_training)
+        return out[0] if isinstance(out, (tuple, list)) else out
 
     # ----------------------------------------------------------------------------- validation
     def fuse_batch(self, data: dict) -> torch.Tensor:

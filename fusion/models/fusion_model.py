@@ -21,27 +21,17 @@ class FusionModel(FusionBaseModel):
         super().__init__(opt)
         self.net_g = self.build_net('g')
         self.net_g.eval()
-        self._fast_runner = None
 
     def feed_data(self, data: dict) -> None:
         self.vis_y = data['vis_y'].to(self.device)
         self.ir = data['ir'].to(self.device)
-
-    def _plain_forward(self, vis_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-        net = self.get_bare_model(self.net_g)
-        was_training = net.training
-        net.eval()
-        with torch.no_grad():
-            out = net(vis_y, ir)
-        net.train(was_training)
-        return out[0] if isinstance(out, (tuple, list)) else out
 
     def test(self) -> None:
         self.output = self.fuse(self.vis_y, self.ir)
 
     def fuse(self, vis_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
         """Fused Y of the deployed network for a batch (B x 1 x H x W in [0, 1])."""
-        return self._plain_forward(vis_y.to(self.device), ir.to(self.device))
+        return self.student_inference(self.net_g, vis_y.to(self.device), ir.to(self.device))
 
     def fuse_batch(self, data: dict) -> torch.Tensor:
         return self.fuse(data['vis_y'], data['ir'])

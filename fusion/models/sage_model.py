@@ -529,13 +529,8 @@ class SAGEModel(FusionBaseModel):
     # ------------------------------------------------------------------------------------------ validation
     def _plain_student(self, vis_y: torch.Tensor, ir: torch.Tensor, use_ema: bool = False) -> torch.Tensor:
         ema = getattr(self, 'net_g_ema', None)
-        net = ema if (use_ema and ema is not None) else self.get_bare_model(self.net_g)
-        was_training = net.training
-        net.eval()
-        with torch.no_grad():
-            out = net(vis_y, ir)[0]
-        net.train(was_training)
-        return out
+        net = ema if (use_ema and ema is not None) else self.net_g
+        return self.student_inference(net, vis_y, ir)
 
     def fuse_batch(self, data: dict) -> torch.Tensor:
         vis_y = data['vis_y'].to(self.device)

@@ -405,11 +405,6 @@ class StudentInferencer:
             net = net.to(memory_format=torch.channels_last)
         self.net = net.requires_grad_(False)
 
-    @classmethod
-    def from_checkpoint(cls, path: str, device: Union[str, torch.device] = 'cpu', **kwargs) -> 'StudentInferencer':
-        """``StudentInferencer(load_student_checkpoint(path), device, **kwargs)``."""
-        return cls(load_student_checkpoint(path), device, **kwargs)
-
     def _forward(self, vis_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
         if self.fast:
             return self.net(vis_y, ir)
@@ -458,32 +453,6 @@ class StudentInferencer:
                 for j, i in enumerate(chunk):
                     results[i] = fused[j].contiguous()
         return results  # type: ignore[return-value]
-
-
-def load_student_checkpoint(path: str) -> nn.Module:
-    """An eval-mode SAGEStudent on the CPU with the weights of ``path``: a plain state dict (e.g. the
-    released ``experiments/pretrained_models/sage_student_official.pth``) or a basicsr checkpoint
-    holding it under 'params_ema' / 'params'. Raises FileNotFoundError / ValueError naming the file."""
-    from fusion.archs.sage_student_arch import SAGEStudent  # utils stay below archs at import time
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f'{path}: no such checkpoint') from None
-    except Exception as err:
-        raise ValueError(f'{path}: cannot load the checkpoint ({err})') from err
-    if isinstance(state, dict):
-        for key in ('params_ema', 'params'):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict):
-        raise ValueError(f'{path}: expected a state dict, got {type(state).__name__}')
-    student = SAGEStudent()
-    try:
-        student.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f'{path}: not a SAGE student state dict ({str(err).splitlines()[0]})') from err
-    return student.eval()
 
 
 def _larger_than(h: int, w: int, tile_size: Union[int, Tuple[int, int]]) -> bool:
