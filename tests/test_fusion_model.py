@@ -39,3 +39,12 @@ def test_group_equal_sizes_rebatches_consecutive_pairs():
     batches = list(group_equal_sizes([item(4, 'a'), item(4, 'b'), item(4, 'c'), item(6, 'd'), item(4, 'e')], 2))
     assert [b['name'] for b in batches] == [['a', 'b'], ['c'], ['d'], ['e']]
     assert batches[0]['ir'].shape[0] == 2
+
+
+def test_any_torch_optimizer_by_name():
+    model = _model()
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert isinstance(model.get_optimizer('AdamW', params, 1e-3, weight_decay=0.01), torch.optim.AdamW)
+    import pytest
+    with pytest.raises(ValueError, match='NoSuchOptim'):
+        model.get_optimizer('NoSuchOptim', params, 1e-3)

@@ -299,6 +299,9 @@ def test_option_files_build_the_paper_recipe(tmp_path, name):
     if name == 'train_sage.yml':
         assert model.pretrain_iters == 3050 and model.total_iter == 33550
         assert counts == {'t': 3050 + 15250, 'g': 15250, 'seg': 3050 + 15250}
+        # the teacher of the recipe is the paper's SAGETeacher at its official size
+        assert type(model.get_bare_model(model.net_t)).__name__ == 'SAGETeacher'
+        assert sum(p.numel() for p in model.net_t.parameters()) == 2_639_505
 
 
 @pytest.mark.parametrize('ablation', list(ABLATIONS))
