@@ -17,6 +17,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from fusion.data.lmdb_images import create_image_lmdbs  # noqa: E402
+from fusion.utils.cli import run_cli  # noqa: E402
 
 
 def main() -> None:
@@ -35,8 +36,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (ValueError, OSError) as err:  # bad input: a clear message naming the file, no traceback
-        print(f'error: {err}', file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

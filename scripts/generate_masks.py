@@ -26,6 +26,7 @@ import yaml
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from fusion.data.mask_generation import generate_mask_cache  # noqa: E402
+from fusion.utils.cli import run_cli  # noqa: E402
 
 SAM_FLAGS = ('points_per_side', 'points_per_batch', 'pred_iou_thresh', 'stability_score_thresh',
              'stability_score_offset', 'box_nms_thresh', 'crop_n_layers', 'crop_nms_thresh', 'crop_overlap_ratio',
@@ -88,8 +89,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (ValueError, OSError) as err:  # bad input: a clear message naming the file, no traceback
-        print(f'error: {err}', file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

@@ -1,0 +1,21 @@
+"""What every command-line script shares: bad input ends with one clear line, not a traceback."""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Optional, Tuple, Type
+
+from fusion.utils.img_util import ImageReadError
+
+INPUT_ERRORS: Tuple[Type[BaseException], ...] = (ImageReadError, ValueError, OSError)
+
+
+def run_cli(main: Callable[[], Optional[int]], errors: Tuple[Type[BaseException], ...] = INPUT_ERRORS,
+            exit_code: int = 2) -> None:
+    """Runs ``main()`` and exits with its return code; errors of the given types (bad files,
+    bad options) print ``error: <message naming the file>`` and exit with ``exit_code``."""
+    try:
+        code = main()
+    except errors as err:
+        print(f'error: {err}', file=sys.stderr)
+        sys.exit(exit_code)
+    sys.exit(code or 0)
