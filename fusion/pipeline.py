@@ -18,33 +18,7 @@ from basicsr.utils import get_env_info, get_root_logger, get_time_str, make_exp_
 from basicsr.utils.options import dict2str, ordered_yaml, parse_options
 
 import fusion  # noqa: F401  (fixes + registries)
-
-# option keys holding file or folder paths that may be given relative to the repository root
-_PATH_KEY_PREFIXES = ('dataroot_', 'pretrain_network_', 'resume_state', 'mask_cache', 'meta_info')
-
-
-def _resolve(value, root_path: str):
-    if isinstance(value, str) and value and not osp.isabs(value):
-        expanded = osp.expanduser(value)
-        if not osp.exists(expanded) and osp.exists(osp.join(root_path, expanded)):
-            return osp.join(root_path, expanded)
-        return expanded
-    return value
-
-
-def resolve_relative_paths(opt: dict, root_path: str) -> None:
-    """Data roots, caches and checkpoints given relative to the repository root work from any
-    working directory (basicsr resolves them against the CWD only)."""
-    def visit(node: dict) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict):
-                visit(value)
-            elif key.startswith(_PATH_KEY_PREFIXES) or key in ('checkpoint',):
-                node[key] = _resolve(value, root_path)
-    for section in ('datasets', 'path', 'sam'):
-        if isinstance(opt.get(section), dict):
-            visit(opt[section])
-
+from fusion.utils.options_util import check_option_paths, resolve_relative_paths
 
 def _requested_results_root(opt_path: str):
     with open(opt_path) as f:
@@ -61,6 +35,7 @@ def test_pipeline(root_path: str) -> None:
         opt['path'].update(results_root=results_root, log=results_root,
                            visualization=osp.join(results_root, 'visualization'))
     resolve_relative_paths(opt, root_path)
+    check_option_paths(opt)
     torch.backends.cudnn.benchmark = True
 
     make_exp_dirs(opt)

@@ -8,6 +8,8 @@ if ROOT not in sys.path:  # run from a checkout without installing
 
 import fusion  # noqa: E402,F401  (basicsr fixes + registries)
 from fusion.pipeline import train_pipeline  # noqa: E402
+from fusion.utils.cli import run_cli  # noqa: E402
 
 if __name__ == '__main__':
-    train_pipeline(ROOT)
+    # bad input (missing files, unreadable images, wrong options) ends with one clear line
+    run_cli(lambda: train_pipeline(ROOT))

@@ -39,6 +39,7 @@ from basicsr.utils.options import copy_opt_file, dict2str, parse_options
 from torch.utils.data import Dataset, Sampler
 
 from fusion.utils.compat import load_resume_state
+from fusion.utils.options_util import check_option_paths, resolve_relative_paths
 
 __all__ = ['train_pipeline', 'run_training', 'SeededSamples', 'ResumableSampler', 'sample_seed']
 
@@ -312,4 +313,6 @@ def train_pipeline(root_path: str) -> None:
     """``python fusion/train.py -opt <yml> [--auto_resume] [--force_yml a:b=c ...]``."""
     opt, args = parse_options(root_path, is_train=True)
     opt['root_path'] = root_path
+    resolve_relative_paths(opt, root_path)
+    check_option_paths(opt)
     run_training(opt, args.opt)

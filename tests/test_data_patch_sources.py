@@ -121,10 +121,13 @@ def test_sam_without_checkpoint_falls_back_loudly(caplog, tmp_path):
     assert source.fallback == {'requested': 'sam', 'used': 'superpixel', 'reason': 'no SAM checkpoint given'}
     assert source.describe()['scale'] == 100
     assert 'FALLING BACK' in caplog.text
+    with pytest.raises(SAMCheckpointError, match='give a checkpoint'):
+        build_patch_source({'type': 'sam'}, allow_fallback=False)
+    # a given path that does not exist is an error, never a fallback
     missing = str(tmp_path / 'sam_vit_b.pth')
-    assert missing in build_patch_source({'type': 'sam', 'checkpoint': missing}).fallback['reason']
-    with pytest.raises(SAMCheckpointError, match='sam_vit_b.pth'):
-        build_patch_source({'type': 'sam', 'checkpoint': missing}, allow_fallback=False)
+    for allow in (True, False):
+        with pytest.raises(SAMCheckpointError, match='sam_vit_b.pth'):
+            build_patch_source({'type': 'sam', 'checkpoint': missing}, allow_fallback=allow)
 
 
 def test_sam_official_defaults_are_recorded():

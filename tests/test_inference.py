@@ -95,3 +95,17 @@ def test_inference_errors_name_the_file(odd_inputs):
     result = _run(['scripts/inference.py', '--ir', str(odd_inputs / 'ir'), '--vis', str(odd_inputs / 'ir'),
                    '--output', str(odd_inputs / 'out3'), '--model', str(odd_inputs / 'missing.pth')])
     assert result.returncode == 1 and 'missing.pth' in result.stderr
+
+
+def test_train_and_test_fail_clearly_before_touching_experiments(tmp_path):
+    """A wrong path in the options stops the run with one line naming it, before basicsr would
+    archive an existing experiment folder."""
+    result = _run(['fusion/train.py', '-opt', 'options/train_sage_quick_cpu.yml', '--force_yml',
+                   f'datasets:train:dataroot_ir={tmp_path / "no_ir"}', f'name={tmp_path.name}_never'])
+    assert result.returncode == 2
+    assert 'datasets.train.dataroot_ir' in result.stderr and 'no_ir' in result.stderr
+    assert 'Traceback' not in result.stderr
+    assert not osp.exists(osp.join(ROOT, 'experiments', f'{tmp_path.name}_never'))
+    result = _run(['fusion/test.py', '-opt', 'options/test_sage.yml', '--force_yml',
+                   f'path:pretrain_network_g={tmp_path / "missing.pth"}'])
+    assert result.returncode == 2 and 'missing.pth' in result.stderr and 'Traceback' not in result.stderr

@@ -330,9 +330,10 @@ def build_patch_source(opt: Dict[str, Any], allow_fallback: bool = True,
                        fallback_opt: Optional[Dict[str, Any]] = None) -> PatchSource:
     """Builds a source from ``{'type': name, **options}``.
 
-    A ``sam`` request whose checkpoint is not given or not a file becomes the ``superpixel``
-    source (options ``fallback_opt``) when ``allow_fallback``; this is logged as a warning and
-    recorded in ``source.fallback``. Otherwise the missing checkpoint raises ``SAMCheckpointError``.
+    A ``sam`` request without a checkpoint becomes the ``superpixel`` source (options
+    ``fallback_opt``) when ``allow_fallback``; this is logged as a warning and recorded in
+    ``source.fallback``. A checkpoint path that does not exist always raises
+    ``SAMCheckpointError`` (a typo must not silently change the masks).
     """
     opt = copy.deepcopy(dict(opt))
     kind = opt.pop('type', None)
@@ -341,8 +342,12 @@ def build_patch_source(opt: Dict[str, Any], allow_fallback: bool = True,
     cls = PATCH_SOURCE_REGISTRY.get(kind)
     if kind == 'sam' and opt.get('model_type', 'vit_b') != 'tiny':
         ckpt = opt.get('checkpoint')
-        if not ckpt or not osp.isfile(ckpt):
-            reason = 'no SAM checkpoint given' if not ckpt else f'SAM checkpoint not found: {ckpt}'
+        if ckpt and not osp.isfile(ckpt):
+            # a path was given: a typo must not quietly degrade the masks to superpixels
+            from fusion.utils.sam_util import SAMCheckpointError
+            raise SAMCheckpointError(f'SAM checkpoint not found: {ckpt}')
+        if not ckpt:
+            reason = 'no SAM checkpoint given'
             if not allow_fallback:
                 from fusion.utils.sam_util import SAMCheckpointError
                 raise SAMCheckpointError(f'{reason}; give a checkpoint path or allow the superpixel fallback')

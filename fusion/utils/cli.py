@@ -1,6 +1,7 @@
 """What every command-line script shares: bad input ends with one clear line, not a traceback."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, Optional, Tuple, Type
 
@@ -16,6 +17,8 @@ def run_cli(main: Callable[[], Optional[int]], errors: Tuple[Type[BaseException]
     try:
         code = main()
     except errors as err:
-        print(f'error: {err}', file=sys.stderr)
+        if os.environ.get('FUSION_DEBUG'):
+            raise
+        print(f'error: {err}\n(set FUSION_DEBUG=1 to see the traceback)', file=sys.stderr)
         sys.exit(exit_code)
     sys.exit(code or 0)

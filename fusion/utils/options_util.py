@@ -1,0 +1,48 @@
+"""Option helpers shared by the train and test pipelines."""
+from __future__ import annotations
+
+import os.path as osp
+
+# option keys holding file or folder paths that may be given relative to the repository root
+_PATH_KEY_PREFIXES = ('dataroot_', 'pretrain_network_', 'resume_state', 'mask_cache', 'meta_info')
+
+
+def _resolve(value, root_path: str):
+    if isinstance(value, str) and value and not osp.isabs(value):
+        expanded = osp.expanduser(value)
+        if not osp.exists(expanded) and osp.exists(osp.join(root_path, expanded)):
+            return osp.join(root_path, expanded)
+        return expanded
+    return value
+
+
+def resolve_relative_paths(opt: dict, root_path: str) -> None:
+    """Data roots, caches and checkpoints given relative to the repository root work from any
+    working directory (basicsr resolves them against the CWD only)."""
+    def visit(node: dict) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                visit(value)
+            elif key.startswith(_PATH_KEY_PREFIXES) or key in ('checkpoint',):
+                node[key] = _resolve(value, root_path)
+    for section in ('datasets', 'path', 'sam'):
+        if isinstance(opt.get(section), dict):
+            visit(opt[section])
+
+
+def check_option_paths(opt: dict) -> None:
+    """Fails before anything is created or archived when a data folder, cache or checkpoint named
+    in the options does not exist (basicsr would first archive the experiment folder, then crash)."""
+    missing = []
+    for phase, ds in (opt.get('datasets') or {}).items():
+        for key, value in ds.items():
+            if key.startswith(('dataroot_', 'mask_cache', 'meta_info')) and value and not osp.exists(value):
+                missing.append(f'datasets.{phase}.{key}: {value}')
+    for key, value in (opt.get('path') or {}).items():
+        if key.startswith(('pretrain_network_', 'resume_state')) and value and not osp.exists(value):
+            missing.append(f'path.{key}: {value}')
+    sam_ckpt = (opt.get('sam') or {}).get('checkpoint')
+    if sam_ckpt and not osp.exists(sam_ckpt):
+        missing.append(f'sam.checkpoint: {sam_ckpt}')
+    if missing:
+        raise FileNotFoundError('options name files or folders that do not exist:\n  ' + '\n  '.join(missing))
