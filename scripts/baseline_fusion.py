@@ -17,12 +17,12 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
 from fusion.metrics.baselines import BASELINES  # noqa: E402
 from fusion.utils.img_util import ImageReadError, check_same_size, imwrite_atomic, list_pairs, read_gray  # noqa: E402
+from fusion.utils.cli import add_pair_arguments  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--ir', required=True, help='folder of infrared images')
-    parser.add_argument('--vis', required=True, help='folder of visible images (same base names)')
+    add_pair_arguments(parser)
     parser.add_argument('--out', required=True, help='output folder; one sub-folder per baseline')
     parser.add_argument('--mode', nargs='+', default=sorted(BASELINES), choices=sorted(BASELINES),
                         help='baselines to write (default: both)')

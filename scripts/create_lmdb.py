@@ -17,14 +17,12 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from fusion.data.lmdb_images import create_image_lmdbs  # noqa: E402
-from fusion.utils.cli import run_cli  # noqa: E402
+from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--ir', required=True)
-    p.add_argument('--vis', required=True)
-    p.add_argument('--label')
+    add_pair_arguments(p, label='folder of label images (optional)')
     p.add_argument('--out', required=True, help='folder receiving ir.lmdb, vis.lmdb, label.lmdb')
     p.add_argument('--workers', type=int, default=0, help='processes reading/validating files (0: in this process)')
     p.add_argument('--overwrite', action='store_true')

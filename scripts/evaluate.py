@@ -23,6 +23,7 @@ from fusion.metrics.evaluation import comparison_grid, evaluate_folders, format_
 from fusion.metrics.fusion_metrics import ALL_METRICS, DEFAULT_METRICS  # noqa: E402
 from fusion.metrics.metric_util import keep_freed_memory  # noqa: E402
 from fusion.utils.img_util import ImageReadError, imwrite_atomic  # noqa: E402
+from fusion.utils.cli import add_pair_arguments  # noqa: E402
 
 
 def _parse_methods(items: List[str]) -> Dict[str, str]:
@@ -48,8 +49,7 @@ def _parse_metric_list(values: Optional[List[str]]) -> Optional[List[str]]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--ir', required=True, help='folder of infrared images')
-    parser.add_argument('--vis', required=True, help='folder of visible images (same base names)')
+    add_pair_arguments(parser)
     parser.add_argument('--fused', nargs='*', default=[], metavar='NAME=DIR', help='fused results of each method')
     parser.add_argument('--baseline', nargs='*', default=[], choices=sorted(BASELINES),
                         help='add pixel mean / max fusions as reference methods')

@@ -18,14 +18,12 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from fusion.data.subimages import extract_subimages  # noqa: E402
-from fusion.utils.cli import run_cli  # noqa: E402
+from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--ir', required=True)
-    p.add_argument('--vis', required=True)
-    p.add_argument('--label')
+    add_pair_arguments(p, label='folder of label images (optional)')
     p.add_argument('--mask-cache', help='mask cache of the full images (crops it too)')
     p.add_argument('--out', required=True)
     p.add_argument('--crop-size', type=int, nargs='+', required=True, help='H [W] of the sub-images')

@@ -26,7 +26,7 @@ import yaml
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from fusion.data.mask_generation import generate_mask_cache  # noqa: E402
-from fusion.utils.cli import run_cli  # noqa: E402
+from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
 
 SAM_FLAGS = ('points_per_side', 'points_per_batch', 'pred_iou_thresh', 'stability_score_thresh',
              'stability_score_offset', 'box_nms_thresh', 'crop_n_layers', 'crop_nms_thresh', 'crop_overlap_ratio',
@@ -46,9 +46,7 @@ def parse_sets(items, flag):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--ir', required=True, help='folder of infrared images')
-    p.add_argument('--vis', required=True, help='folder of visible images (same base names)')
-    p.add_argument('--label', help='folder of label images (needed by --source label; else only size-checked)')
+    add_pair_arguments(p, label='folder of label images (needed by --source label; else only size-checked)')
     p.add_argument('--out', required=True, help='mask cache to create or resume (an LMDB folder, e.g. masks.lmdb)')
     p.add_argument('--source', default='sam', choices=['sam', 'label', 'random_crop', 'superpixel'])
     p.add_argument('--max-masks', type=int, default=8, help='K: masks kept per modality, largest first (default 8)')

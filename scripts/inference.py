@@ -15,12 +15,12 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 from fusion.inference import DEFAULT_MODEL, fuse_folders, load_student  # noqa: E402
 from fusion.utils.student_inference import DEFAULT_TILE_OVERLAP  # noqa: E402
 from fusion.utils.img_util import ImageReadError  # noqa: E402
+from fusion.utils.cli import add_pair_arguments  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--ir', required=True, help='folder of infrared images')
-    parser.add_argument('--vis', required=True, help='folder of visible images (same base names)')
+    add_pair_arguments(parser)
     parser.add_argument('--output', required=True, help='folder for the fused images')
     parser.add_argument('--model', default=DEFAULT_MODEL, help='student checkpoint (default: the released one)')
     parser.add_argument('--param-key', default='params', help='params | params_ema for our checkpoints')

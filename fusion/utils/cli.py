@@ -22,3 +22,12 @@ def run_cli(main: Callable[[], Optional[int]], errors: Tuple[Type[BaseException]
         print(f'error: {err}\n(set FUSION_DEBUG=1 to see the traceback)', file=sys.stderr)
         sys.exit(exit_code)
     sys.exit(code or 0)
+
+
+def add_pair_arguments(parser, label: Optional[str] = None) -> None:
+    """The ``--ir`` / ``--vis`` (and optionally ``--label``) folder arguments every data script takes;
+    ``label`` is the help text of ``--label`` (None: no such argument)."""
+    parser.add_argument('--ir', required=True, help='folder of infrared images')
+    parser.add_argument('--vis', required=True, help='folder of visible images (same base names)')
+    if label is not None:
+        parser.add_argument('--label', help=label)
