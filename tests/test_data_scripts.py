@@ -124,3 +124,33 @@ def test_benchmark_script_prints_the_ratio(monkeypatch, capsys):
     assert result['official_bytes_per_image'] >= result['masks_stored_per_image'] * 64 * 80
     assert result['size_ratio_payload'] > 20
     assert result['images'] == 3 and result['source'] == 'label'
+
+
+def test_worker_processes_give_the_same_files(tmp_path, label_cache):
+    """The multiprocessing paths of extract_subimages and create_lmdb write exactly what the
+    single-process paths write."""
+    import lmdb
+
+    from fusion.data.lmdb_images import create_image_lmdbs
+    from fusion.data.subimages import extract_subimages
+    outs = {}
+    for workers in (0, 2):
+        out = str(tmp_path / f'sub{workers}')
+        extract_subimages(IR, VIS, out, [32, 48], [16, 24], 4, label_dir=LABEL, mask_cache=label_cache,
+                          workers=workers, progress=False)
+        outs[workers] = out
+    for key in ('ir', 'vi', 'label'):
+        names = sorted(os.listdir(osp.join(outs[0], key)))
+        assert names == sorted(os.listdir(osp.join(outs[2], key))) and len(names) == 27
+        for name in names:
+            with open(osp.join(outs[0], key, name), 'rb') as a, open(osp.join(outs[2], key, name), 'rb') as b:
+                assert a.read() == b.read(), f'{key}/{name}'
+    contents = {}
+    for workers in (0, 2):
+        out = str(tmp_path / f'lmdb{workers}')
+        create_image_lmdbs(IR, VIS, out, label_dir=LABEL, workers=workers, progress=False)
+        env = lmdb.open(osp.join(out, 'ir.lmdb'), readonly=True, lock=False)
+        with env.begin() as txn:
+            contents[workers] = dict(txn.cursor())
+        env.close()
+    assert contents[0] == contents[2] and len(contents[0]) == 3
