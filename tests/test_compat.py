@@ -87,3 +87,22 @@ def test_fixes_are_idempotent():
     compat.apply_post_import()
     assert options.init_dist is compat.init_dist
     assert compat._ORIGINALS['basicsr.utils.options.init_dist'] is not compat.init_dist
+
+
+def test_message_logger_eta_is_not_negative_at_the_last_iteration():
+    from types import SimpleNamespace
+
+    from basicsr.utils.logger import MessageLogger
+    opt = {'name': 'eta', 'logger': {'print_freq': 1, 'use_tb_logger': False}, 'train': {'total_iter': 4}}
+
+    def last_line(call):
+        msg_logger = MessageLogger(opt, start_iter=0)
+        msg_logger.start_time -= 10.0  # about two seconds per iteration
+        lines = []
+        msg_logger.logger = SimpleNamespace(info=lines.append)
+        call(msg_logger, {'epoch': 0, 'iter': 4, 'lrs': [1e-3], 'time': 1.0, 'data_time': 0.0})
+        return lines[-1]
+
+    assert '-1 day' in last_line(compat._ORIGINALS['basicsr.utils.logger.MessageLogger.__call__'])
+    fixed = last_line(MessageLogger.__call__)
+    assert 'eta: 0:00:00' in fixed and '-1 day' not in fixed

@@ -7,6 +7,7 @@ Each fix has a test in ``tests/test_compat.py`` that fails without it.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import os.path as osp
@@ -90,6 +91,30 @@ def init_dist(launcher: str, backend: Optional[str] = None, **kwargs: Any) -> No
     dist.init_process_group(backend=backend, **kwargs)
 
 
+def fix_message_logger_eta() -> bool:
+    """basicsr's MessageLogger estimates the remaining time as avg x (total - current - 1): one
+    iteration short, so the last log line reads ``eta: -1 day, 23:59:59``. Counting one more
+    iteration during the call gives avg x (total - current)."""
+    from basicsr.utils.logger import MessageLogger
+
+    original = MessageLogger.__call__
+    if getattr(original, '_fusion_eta_fix', False):
+        return False
+    _ORIGINALS.setdefault('basicsr.utils.logger.MessageLogger.__call__', original)
+
+    @functools.wraps(original)
+    def __call__(self, log_vars):
+        self.max_iters += 1
+        try:
+            return original(self, log_vars)
+        finally:
+            self.max_iters -= 1
+
+    __call__._fusion_eta_fix = True
+    MessageLogger.__call__ = __call__
+    return True
+
+
 def _patch(module_name: str, attr: str, new: Callable) -> bool:
     module = importlib.import_module(module_name)
     current = getattr(module, attr, None)
@@ -114,4 +139,5 @@ def apply_post_import() -> None:
     # parse_options imported init_dist into its own namespace: patch both places
     _patch('basicsr.utils.options', 'init_dist', init_dist)
     _patch('basicsr.utils.dist_util', 'init_dist', init_dist)
+    _APPLIED['message_logger_eta'] = fix_message_logger_eta() or _APPLIED.get('message_logger_eta', False)
     _APPLIED['post'] = True
