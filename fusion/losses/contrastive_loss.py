@@ -28,7 +28,6 @@ Fixed vs official (``faithful: true`` restores the official behaviour where it c
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -38,18 +37,11 @@ from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
 from fusion.losses.fusion_losses import _SOBEL_X, _SOBEL_Y
-from fusion.utils.sam_util import SAM_MODEL_TYPES, SAMCheckpointError, load_sam_state_dict
+from fusion.utils.sam_util import (SAM_ENCODER_CONFIGS, SAM_PIXEL_MEAN, SAM_PIXEL_STD, SAMCheckpointError,
+                                   build_sam_image_encoder, load_sam_state_dict)
 
 __all__ = ['SAMFeatureEncoder', 'GradientFeatureEncoder', 'SAMContrastiveLoss', 'SAM_ENCODER_CONFIGS']
 
-# segment_anything's build_sam_vit_{b,l,h} encoder settings
-SAM_ENCODER_CONFIGS = {
-    'vit_b': dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
-    'vit_l': dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
-    'vit_h': dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
-}
-SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
-SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 FALLBACKS = ('random', 'gradient', 'error')
 
 
@@ -76,16 +68,9 @@ class SAMFeatureEncoder(nn.Module):
                  add_pos_embed: bool = True, normalize_pixels: bool = True, resize_long_side: Optional[int] = None,
                  encoder_overrides: Optional[dict] = None, seed: int = 0) -> None:
         super().__init__()
-        from segment_anything.modeling import ImageEncoderViT
-
         if model_type not in SAM_ENCODER_CONFIGS:
-            raise ValueError(f'SAMFeatureEncoder: unknown model_type {model_type!r}; choose one of {SAM_MODEL_TYPES}')
-        cfg = dict(SAM_ENCODER_CONFIGS[model_type], window_size=14, use_rel_pos=True, mlp_ratio=4.0)
-        unknown = set(encoder_overrides or {}) - {'embed_dim', 'num_heads', 'window_size', 'use_rel_pos',
-                                                  'global_attn_indexes', 'mlp_ratio'}
-        if unknown:
-            raise ValueError(f'SAMFeatureEncoder: unknown encoder_overrides {sorted(unknown)}')
-        cfg.update(encoder_overrides or {})
+            raise ValueError(f'SAMFeatureEncoder: unknown model_type {model_type!r}; choose one of '
+                             f'{tuple(SAM_ENCODER_CONFIGS)}')
         if not 1 <= depth <= SAM_ENCODER_CONFIGS[model_type]['depth']:
             raise ValueError(f'SAMFeatureEncoder: depth must be in 1..{SAM_ENCODER_CONFIGS[model_type]["depth"]} '
                              f'for {model_type}, got {depth}')
@@ -95,21 +80,13 @@ class SAMFeatureEncoder(nn.Module):
         self.resize_long_side = None if resize_long_side is None else int(resize_long_side)
         self.patch_size = 16
         self.img_size = 1024
-        rng_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)  # a reproducible random encoder when there is no checkpoint
-        try:
-            encoder = ImageEncoderViT(
-                img_size=self.img_size, patch_size=self.patch_size, embed_dim=cfg['embed_dim'], depth=self.depth,
-                num_heads=cfg['num_heads'], mlp_ratio=cfg['mlp_ratio'], qkv_bias=True,
-                norm_layer=partial(nn.LayerNorm, eps=1e-6), use_abs_pos=True, use_rel_pos=cfg['use_rel_pos'],
-                window_size=cfg['window_size'], global_attn_indexes=tuple(cfg['global_attn_indexes']))
-        finally:
-            torch.random.set_rng_state(rng_state)
+        # a reproducible random encoder when there is no checkpoint
+        encoder = build_sam_image_encoder(model_type, self.depth, seed=seed, **(encoder_overrides or {}))
         del encoder.neck  # only block outputs are compared
         self.patch_embed = encoder.patch_embed
         self.pos_embed = encoder.pos_embed
         self.blocks = encoder.blocks
-        self.embed_dim = cfg['embed_dim']
+        self.embed_dim = encoder.patch_embed.proj.out_channels
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)
         self.register_buffer('pixel_mean', torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)

@@ -7,14 +7,39 @@ themselves and log it (see ``fusion.data`` patch sources and ``ContrastiveSemant
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os.path as osp
 from functools import partial
-from typing import Dict, Optional, Union
+from typing import Dict, Iterator, Optional, Union
 
 import torch
 
 SAM_MODEL_TYPES = ('vit_b', 'vit_l', 'vit_h')
+# segment_anything's build_sam_vit_{b,l,h} image-encoder settings and pixel statistics
+SAM_ENCODER_CONFIGS = {
+    'vit_b': dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
+    'vit_l': dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
+    'vit_h': dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
+}
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+SAM_ENCODER_OVERRIDES = ('embed_dim', 'num_heads', 'window_size', 'use_rel_pos', 'global_attn_indexes', 'mlp_ratio')
+
+
+@contextlib.contextmanager
+def seeded_init(seed: Optional[int]) -> Iterator[None]:
+    """Random weights drawn from ``seed`` without disturbing the caller's global RNG
+    (``None``: the global RNG as it is)."""
+    if seed is None:
+        yield
+        return
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state)
 
 
 class SAMCheckpointError(FileNotFoundError):
@@ -81,27 +106,49 @@ def build_tiny_sam(embed_dim: int = 32, depth: int = 1, num_heads: int = 2, img_
     from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
                                            TwoWayTransformer)
 
-    if seed is not None:
-        gen_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-    prompt_dim = embed_dim
-    patch = 16
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=img_size, patch_size=patch, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-            mlp_ratio=4, out_chans=prompt_dim, qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=False, window_size=0),
-        prompt_encoder=PromptEncoder(
-            embed_dim=prompt_dim, image_embedding_size=(img_size // patch, img_size // patch),
-            input_image_size=(img_size, img_size), mask_in_chans=16),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=1, embedding_dim=prompt_dim, mlp_dim=2 * prompt_dim,
-                                          num_heads=num_heads),
-            transformer_dim=prompt_dim, iou_head_depth=1, iou_head_hidden_dim=prompt_dim),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
-    )
-    if seed is not None:
-        torch.random.set_rng_state(gen_state)
+    with seeded_init(seed):
+        prompt_dim = embed_dim
+        patch = 16
+        sam = Sam(
+            image_encoder=ImageEncoderViT(
+                img_size=img_size, patch_size=patch, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                mlp_ratio=4, out_chans=prompt_dim, qkv_bias=True,
+                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=False, window_size=0),
+            prompt_encoder=PromptEncoder(
+                embed_dim=prompt_dim, image_embedding_size=(img_size // patch, img_size // patch),
+                input_image_size=(img_size, img_size), mask_in_chans=16),
+            mask_decoder=MaskDecoder(
+                num_multimask_outputs=3,
+                transformer=TwoWayTransformer(depth=1, embedding_dim=prompt_dim, mlp_dim=2 * prompt_dim,
+                                              num_heads=num_heads),
+                transformer_dim=prompt_dim, iou_head_depth=1, iou_head_hidden_dim=prompt_dim),
+            pixel_mean=list(SAM_PIXEL_MEAN),
+            pixel_std=list(SAM_PIXEL_STD),
+        )
     return sam.eval()
+
+
+def build_sam_image_encoder(model_type: str = 'vit_b', depth: Optional[int] = None, seed: Optional[int] = 0,
+                            **overrides) -> torch.nn.Module:
+    """segment_anything's ``ImageEncoderViT`` with the settings of ``model_type``, truncated to its
+    first ``depth`` blocks (all by default), random weights drawn from ``seed``. ``overrides``
+    (``SAM_ENCODER_OVERRIDES``) change the architecture, e.g. a tiny encoder for CPU runs."""
+    from segment_anything.modeling import ImageEncoderViT
+
+    if model_type not in SAM_ENCODER_CONFIGS:
+        raise ValueError(f'unknown SAM model_type {model_type!r}; choose one of {SAM_MODEL_TYPES}')
+    unknown = set(overrides) - set(SAM_ENCODER_OVERRIDES)
+    if unknown:
+        raise ValueError(f'unknown SAM encoder overrides {sorted(unknown)} (allowed: {SAM_ENCODER_OVERRIDES})')
+    full_depth = SAM_ENCODER_CONFIGS[model_type]['depth']
+    depth = full_depth if depth is None else int(depth)
+    if not 1 <= depth <= full_depth:
+        raise ValueError(f'SAM {model_type} encoder depth must be in 1..{full_depth}, got {depth}')
+    cfg = dict(SAM_ENCODER_CONFIGS[model_type], window_size=14, use_rel_pos=True, mlp_ratio=4.0)
+    cfg.update(overrides)
+    with seeded_init(seed):
+        return ImageEncoderViT(
+            img_size=1024, patch_size=16, embed_dim=cfg['embed_dim'], depth=depth, num_heads=cfg['num_heads'],
+            mlp_ratio=cfg['mlp_ratio'], qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_abs_pos=True, use_rel_pos=cfg['use_rel_pos'], window_size=cfg['window_size'],
+            global_attn_indexes=tuple(cfg['global_attn_indexes']), out_chans=256)
