@@ -22,7 +22,6 @@ official scheduler counted all batches and only annealed halfway: bug 5).
 from __future__ import annotations
 
 import math
-import os.path as osp
 import random
 from collections import OrderedDict
 from copy import deepcopy
@@ -39,6 +38,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from fusion.models.fusion_base_model import FusionBaseModel
 from fusion.utils.img_util import ycrcb_to_rgb
+from fusion.utils.options_util import resolve_path
 
 STEP_KINDS = ('pretrain', 'teacher', 'student')
 DISTILL_ABLATIONS = ('no_feature', 'no_context', 'no_contrastive')
@@ -204,20 +204,14 @@ class SAGEModel(FusionBaseModel):
                 if contrastive_opt.get(key) is None and sam_opt.get(key) is not None:
                     contrastive_opt[key] = sam_opt[key]
             if contrastive_opt.get('checkpoint'):
-                contrastive_opt['checkpoint'] = self._resolve_path(contrastive_opt['checkpoint'])
+                contrastive_opt['checkpoint'] = resolve_path(contrastive_opt['checkpoint'],
+                                                             self.opt.get('root_path', '.'))
             self.cri_contrastive = build_loss(contrastive_opt).to(self.device)
         self.cri_seg = None
         if self.net_seg is not None:
             self.cri_seg = build('seg_opt', required=True)
         elif train_opt.get('seg_opt') and float(train_opt['seg_opt'].get('loss_weight', 1)) != 0:
             self.logger.warning('train.seg_opt is set but there is no network_seg: the segmentation loss is off.')
-
-    def _resolve_path(self, path: str) -> str:
-        """Relative paths: as given (CWD) if that exists, else relative to the project root."""
-        if osp.isabs(path) or osp.exists(path):
-            return path
-        candidate = osp.join(self.opt.get('root_path', '.'), path)
-        return candidate if osp.exists(candidate) else path
 
     def _setup_seg_trainability(self, train_opt: dict) -> None:
         self.seg_trainable = False

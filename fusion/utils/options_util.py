@@ -7,7 +7,9 @@ import os.path as osp
 _PATH_KEY_PREFIXES = ('dataroot_', 'pretrain_network_', 'resume_state', 'mask_cache', 'meta_info')
 
 
-def _resolve(value, root_path: str):
+def resolve_path(value, root_path: str):
+    """A relative path that does not exist from the CWD but does under ``root_path`` is
+    returned joined to it; other values are returned as they are (``~`` expanded)."""
     if isinstance(value, str) and value and not osp.isabs(value):
         expanded = osp.expanduser(value)
         if not osp.exists(expanded) and osp.exists(osp.join(root_path, expanded)):
@@ -24,7 +26,7 @@ def resolve_relative_paths(opt: dict, root_path: str) -> None:
             if isinstance(value, dict):
                 visit(value)
             elif key.startswith(_PATH_KEY_PREFIXES) or key in ('checkpoint',):
-                node[key] = _resolve(value, root_path)
+                node[key] = resolve_path(value, root_path)
     for section in ('datasets', 'path', 'sam'):
         if isinstance(opt.get(section), dict):
             visit(opt[section])
