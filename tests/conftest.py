@@ -1,5 +1,4 @@
 """Shared test setup: import the package from this checkout, keep runs small and deterministic."""
-import os
 import os.path as osp
 import sys
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os.path as osp
 from collections import OrderedDict
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List
 
 import torch
 from basicsr.archs import build_network
