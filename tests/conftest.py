@@ -24,3 +24,10 @@ def repo_root() -> str:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope='module')
+def student():
+    """The released SAGE student in eval mode on the CPU (a fresh copy per test module)."""
+    from fusion.inference import load_student
+    return load_student(STUDENT_CKPT)

@@ -10,26 +10,21 @@ import torch
 
 from fusion.utils.img_util import read_ir, read_vis_ycrcb
 from fusion.utils.student_inference import export_student_onnx, rgb8_to_ycrcb8
-from fusion.inference import load_student
 
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+from conftest import DATASETS, ROOT, STUDENT_CKPT
+
 sys.path.insert(0, osp.join(ROOT, 'scripts'))
 import export_onnx  # noqa: E402
 
-CKPT = osp.join(ROOT, 'experiments', 'pretrained_models', 'sage_student_official.pth')
-MFNET = osp.join(ROOT, 'datasets', 'MFNet')
+MFNET = osp.join(DATASETS, 'MFNet')
 
-
-@pytest.fixture(scope='module')
-def student():
-    return load_student(CKPT)
 
 
 @pytest.fixture(scope='module')
 def y_model(tmp_path_factory) -> str:
     """Exported once through the command line (mode y)."""
     path = str(tmp_path_factory.mktemp('onnx') / 'student_y.onnx')
-    assert export_onnx.main(['--output', path, '--checkpoint', CKPT]) == 0
+    assert export_onnx.main(['--output', path, '--checkpoint', STUDENT_CKPT]) == 0
     return path
 
 

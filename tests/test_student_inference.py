@@ -14,16 +14,12 @@ from fusion.utils.student_inference import (FastStudent, StudentInferencer, fold
                                             resolve_channels_last)
 from fusion.inference import load_student
 
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
-CKPT = osp.join(ROOT, 'experiments', 'pretrained_models', 'sage_student_official.pth')
-M3FD = osp.join(ROOT, 'datasets', 'M3FD')
-MFNET = osp.join(ROOT, 'datasets', 'MFNet')
+from conftest import DATASETS
+
+M3FD = osp.join(DATASETS, 'M3FD')
+MFNET = osp.join(DATASETS, 'MFNet')
 TOL = 1e-5  # the bound for "same outputs as the plain eval-mode student"
 
-
-@pytest.fixture(scope='module')
-def student() -> SAGEStudent:
-    return load_student(CKPT)
 
 
 def load_pair(folder: str, name: str) -> tuple:

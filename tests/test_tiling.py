@@ -8,16 +8,11 @@ import torch
 from fusion.utils.img_util import read_ir, read_vis_ycrcb
 from fusion.utils.student_inference import (DEFAULT_TILE_OVERLAP, StudentInferencer, fuse_student)
 from fusion.utils.tiling import blend_tiles, blend_weights, tile_spans, tiled_forward
-from fusion.inference import load_student
 
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
-CKPT = osp.join(ROOT, 'experiments', 'pretrained_models', 'sage_student_official.pth')
-M3FD = osp.join(ROOT, 'datasets', 'M3FD')
+from conftest import DATASETS
 
+M3FD = osp.join(DATASETS, 'M3FD')
 
-@pytest.fixture(scope='module')
-def student():
-    return load_student(CKPT)
 
 
 @pytest.fixture(scope='module')
