@@ -444,22 +444,8 @@ class SAGEModel(FusionBaseModel):
         if feedback:
             fused_s, feats_s = self._student_for_feedback()
             self._visuals['student'] = fused_s
-            if self.feedback_weight != 0:
-                for k, v in self.cri_context.components(fused_t, self.vis_y, self.ir, fused_s).items():
-                    v = self.feedback_weight * v
-                    log[f'l_t_fb_{k}'] = v.detach()
-                    total = total + v
-                if self.cri_contrastive is not None:
-                    parts = self.cri_contrastive.components(fused_t, fused_s, self.vis_y, self.ir,
-                                                            self.vis_patches, self.ir_patches)
-                    for k, v in parts.items():
-                        v = self.feedback_weight * v
-                        log[f'l_t_fb_cs_{k}'] = v.detach()
-                        total = total + v
-            if self.cri_feedback_feature is not None:
-                l_feat = self.cri_feedback_feature(feats_t, feats_s)
-                log['l_t_fb_feature'] = l_feat.detach()
-                total = total + l_feat
+            total = self._distillation_terms(total, log, 'l_t_fb_', fused_t, feats_t, fused_s, feats_s,
+                                             self.feedback_weight, self.cri_feedback_feature)
         log['l_t_total'] = total.detach()
         self._visuals['teacher'] = fused_t.detach()
         if not self._check_finite(total, log, 'teacher'):
@@ -471,26 +457,34 @@ class SAGEModel(FusionBaseModel):
             self.optimizer_seg.step()
             self.scheduler_step('seg')
 
+    def _distillation_terms(self, total, log: dict, prefix: str, fused: torch.Tensor, feats, ref: torch.Tensor,
+                            ref_feats, weight: float, feature_loss) -> torch.Tensor:
+        """Adds the distillation objective of ``fused`` towards ``ref`` (computed without gradient)
+        to ``total``: ``weight`` x (context + contrastive) + the feature alignment. The student step
+        uses it with the teacher as reference; the teacher's feedback uses it with the roles swapped."""
+        if weight != 0:
+            terms = dict(self.cri_context.components(fused, self.vis_y, self.ir, ref))
+            if self.cri_contrastive is not None:
+                parts = self.cri_contrastive.components(fused, ref, self.vis_y, self.ir, self.vis_patches,
+                                                        self.ir_patches)
+                terms.update((f'cs_{k}', v) for k, v in parts.items())
+            for k, v in terms.items():
+                v = weight * v if weight != 1 else v
+                log[f'{prefix}{k}'] = v.detach()
+                total = total + v
+        if feature_loss is not None:
+            l_feat = feature_loss(feats, ref_feats)
+            log[f'{prefix}feature'] = l_feat.detach()
+            total = total + l_feat
+        return total
+
     def _student_step(self, log: dict) -> None:
         fused_t, feats_t = self._teacher(grad=False)
         self._visuals['teacher'] = fused_t
         self.net_g.train()
         self.optimizer_g.zero_grad(set_to_none=True)
         fused_s, feats_s = self.net_g(self.vis_y, self.ir)
-        total = 0
-        for k, v in self.cri_context.components(fused_s, self.vis_y, self.ir, fused_t).items():
-            log[f'l_g_{k}'] = v.detach()
-            total = total + v
-        if self.cri_contrastive is not None:
-            parts = self.cri_contrastive.components(fused_s, fused_t, self.vis_y, self.ir,
-                                                    self.vis_patches, self.ir_patches)
-            for k, v in parts.items():
-                log[f'l_g_cs_{k}'] = v.detach()
-                total = total + v
-        if self.cri_feature is not None:
-            l_feat = self.cri_feature(feats_s, feats_t)
-            log['l_g_feature'] = l_feat.detach()
-            total = total + l_feat
+        total = self._distillation_terms(0, log, 'l_g_', fused_s, feats_s, fused_t, feats_t, 1.0, self.cri_feature)
         log['l_g_total'] = total.detach()
         self._visuals['student'] = fused_s.detach()
         if not self._check_finite(total, log, 'student'):
