@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from fusion.archs.sage_student_arch import SAGEStudent
 from fusion.utils.checkpoint_util import extract_state_dict, load_checkpoint_file
-from fusion.utils.img_util import check_same_size, fused_to_image, imwrite_atomic, list_pairs, read_ir, read_vis_ycrcb
+from fusion.utils.img_util import fused_to_image, imwrite_atomic, list_pairs, read_pair
 from fusion.utils.student_inference import DEFAULT_TILE_OVERLAP, StudentInferencer
 
 DEFAULT_MODEL = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'experiments', 'pretrained_models',
@@ -58,9 +58,7 @@ def fuse_folders(ir_dir: str, vis_dir: str, output_dir: str, net: torch.nn.Modul
         for start in range(0, len(pairs), batch_size):
             chunk = []
             for pair in pairs[start:start + batch_size]:
-                ir = read_ir(pair['ir_path'])
-                ycrcb, is_gray = read_vis_ycrcb(pair['vis_path'])
-                check_same_size(ir, ycrcb, pair['ir_path'], pair['vis_path'])
+                ir, ycrcb, is_gray = read_pair(pair['ir_path'], pair['vis_path'])
                 chunk.append((pair, torch.from_numpy(ycrcb).permute(2, 0, 1), torch.from_numpy(ir), is_gray))
             fused_list = runner([(vis[0], ir) for _, vis, ir, _ in chunk])
             for (pair, vis, _, is_gray), fused in zip(chunk, fused_list):

@@ -8,7 +8,7 @@ import torch
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data as data
 
-from fusion.utils.img_util import check_same_size, list_pairs, read_ir, read_vis_ycrcb
+from fusion.utils.img_util import list_pairs, read_pair
 
 
 @DATASET_REGISTRY.register()
@@ -30,9 +30,7 @@ class FusionPairDataset(data.Dataset):
 
     def __getitem__(self, index: int) -> Dict:
         pair = self.pairs[index]
-        ir = read_ir(pair['ir_path'])
-        ycrcb, is_gray = read_vis_ycrcb(pair['vis_path'])
-        check_same_size(ir, ycrcb, pair['ir_path'], pair['vis_path'])
+        ir, ycrcb, is_gray = read_pair(pair['ir_path'], pair['vis_path'])
         vis = torch.from_numpy(ycrcb).permute(2, 0, 1).contiguous()
         return {
             'name': pair['name'],

@@ -12,27 +12,19 @@ import logging
 import multiprocessing as mp
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-import numpy as np
 from tqdm import tqdm
 
 from fusion.data.mask_cache import MaskCacheError, MaskCacheWriter, encode_entry, entry_summary, make_meta
 from fusion.data.patch_sources import MaskInput, PatchSource, build_patch_source, select_largest
 from fusion.data.sample_io import check_label, gray_to_rgb_uint8, image_fingerprint, raw_to_rgb_uint8, read_label
-from fusion.utils.img_util import check_same_size, list_pairs, read_image, read_ir, read_vis_ycrcb
+from fusion.utils.img_util import list_pairs, read_image, read_pair
 
 logger = logging.getLogger('basicsr')
 
 
-def _read_checked(pair: Dict[str, str]) -> Tuple[np.ndarray, np.ndarray]:
-    ir = read_ir(pair['ir_path'])
-    ycrcb, _ = read_vis_ycrcb(pair['vis_path'])
-    check_same_size(ir, ycrcb, pair['ir_path'], pair['vis_path'])
-    return ir, ycrcb
-
-
 def _load_pair(pair: Dict[str, str], source: PatchSource) -> Tuple[MaskInput, str]:
     """Reads what ``source`` needs and the pair's fingerprint; size errors name the files."""
-    ir, ycrcb = _read_checked(pair)
+    ir, ycrcb = read_pair(pair['ir_path'], pair['vis_path'])[:2]
     inp = MaskInput(name=pair['name'], shape=ir.shape[:2])
     if 'label_path' in pair:
         inp.label = read_label(pair['label_path'])
@@ -104,7 +96,7 @@ def generate_mask_cache(ir_dir: str, vis_dir: str, out: str, source_opt: Dict[st
                 continue
             if verify_existing:
                 stored = entry_summary(writer.get_raw(pair['name']), f'{out}:{pair["name"]}')['fingerprint']
-                if stored != image_fingerprint(*_read_checked(pair)):
+                if stored != image_fingerprint(*read_pair(pair['ir_path'], pair['vis_path'])[:2]):
                     raise MaskCacheError(
                         f'{out}: the entry "{pair["name"]}" was made from other images than {pair["ir_path"]} / '
                         f'{pair["vis_path"]}; use another output path or --overwrite')

@@ -139,6 +139,15 @@ def check_same_size(ir: np.ndarray, vis: np.ndarray, ir_path: str, vis_path: str
                              f'{vis_path} is {vis.shape[1]}x{vis.shape[0]}; pairs must be registered and equal in size')
 
 
+def read_pair(ir_path: str, vis_path: str) -> Tuple[np.ndarray, np.ndarray, bool]:
+    """Reads an IR/visible pair: IR grey (H x W), visible (Y, Cr, Cb) (H x W x 3), both float32 in
+    [0, 1], and whether the visible file was grey. Sizes are checked (the error names both files)."""
+    ir = read_ir(ir_path)
+    ycrcb, is_gray = read_vis_ycrcb(vis_path)
+    check_same_size(ir, ycrcb, ir_path, vis_path)
+    return ir, ycrcb, is_gray
+
+
 def list_images(folder: str) -> List[str]:
     if not osp.isdir(folder):
         raise ImageReadError(f'{folder}: no such folder')
