@@ -4,6 +4,7 @@ import os.path as osp
 
 from setuptools import find_packages, setup
 
+
 HERE = osp.dirname(osp.abspath(__file__))
 
 
@@ -26,7 +27,7 @@ setup(
     install_requires=get_requirements(),
     extras_require={
         'onnx': ['onnx>=1.15', 'onnxruntime>=1.17'],
-        'dev': ['pytest>=7', 'onnx>=1.15', 'onnxruntime>=1.17'],
+        'dev': ['pytest>=7', 'onnx>=1.15', 'onnxruntime>=1.17', 'flake8>=7', 'isort>=5'],
     },
     license='MIT',
     zip_safe=False,

@@ -8,9 +8,10 @@ import torch
 from tqdm import tqdm
 
 from fusion.archs.sage_student_arch import SAGEStudent
+from fusion.inferencer import FusionInferencer
 from fusion.utils.checkpoint_util import extract_state_dict, load_checkpoint_file
 from fusion.utils.img_util import fused_to_image, imwrite_atomic, list_pairs, read_pair
-from fusion.utils.student_inference import DEFAULT_TILE_OVERLAP, StudentInferencer
+
 
 DEFAULT_MODEL = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'experiments', 'pretrained_models',
                          'sage_student_official.pth')
@@ -42,17 +43,18 @@ def load_student(model_path: Optional[str] = None, device: Union[str, torch.devi
 
 def fuse_folders(ir_dir: str, vis_dir: str, output_dir: str, net: torch.nn.Module, ext: str = 'png',
                  fast: bool = True, batch_size: int = 4, tile_size: Optional[int] = None,
-                 tile_overlap: int = DEFAULT_TILE_OVERLAP, progress: bool = True) -> List[str]:
+                 tile_overlap: Optional[int] = None, progress: bool = True) -> List[str]:
     """Fuses every pair of ``ir_dir``/``vis_dir`` into ``output_dir/<pair name>.<ext>``.
 
     Pairs are checked before any work starts, so a missing partner fails fast; up to
     ``batch_size`` pairs of equal size are fused together; each output file is written
-    atomically. Returns the written paths.
+    atomically. ``tile_overlap`` None: the network's default (see :class:`FusionInferencer`).
+    Returns the written paths.
     """
     pairs = list_pairs(ir_dir, vis_dir)
     device = next(net.parameters()).device
-    runner = StudentInferencer(net, device, fast=fast, max_batch=batch_size, tile_size=tile_size,
-                               tile_overlap=tile_overlap)
+    runner = FusionInferencer(net, device, fast=fast, max_batch=batch_size, tile_size=tile_size,
+                              tile_overlap=tile_overlap)
     written = []
     with tqdm(total=len(pairs), unit='pair', disable=not progress, desc='Fusing') as pbar:
         for start in range(0, len(pairs), batch_size):

@@ -20,6 +20,7 @@ from basicsr.utils.options import dict2str, ordered_yaml, parse_options
 import fusion  # noqa: F401  (fixes + registries)
 from fusion.utils.options_util import check_option_paths, resolve_relative_paths
 
+
 def _requested_results_root(opt_path: str):
     with open(opt_path) as f:
         raw = yaml.load(f, Loader=ordered_yaml()[0]) or {}

@@ -2,6 +2,7 @@
 import os.path as osp
 import sys
 
+
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 if ROOT not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, ROOT)
@@ -9,6 +10,7 @@ if ROOT not in sys.path:  # run from a checkout without installing
 import fusion  # noqa: E402,F401  (basicsr fixes + registries)
 from fusion.pipeline import test_pipeline  # noqa: E402
 from fusion.utils.cli import run_cli  # noqa: E402
+
 
 if __name__ == '__main__':
     # bad input (missing files, unreadable images, wrong options) ends with one clear line

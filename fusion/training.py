@@ -40,6 +40,8 @@ from torch.utils.data import Dataset, Sampler
 
 from fusion.utils.compat import load_resume_state
 from fusion.utils.options_util import check_option_paths, resolve_relative_paths
+from fusion.utils.rng_util import restore_rng_state
+
 
 __all__ = ['train_pipeline', 'run_training', 'SeededSamples', 'ResumableSampler', 'sample_seed']
 
@@ -247,7 +249,6 @@ def run_training(opt: dict, opt_path: str) -> Optional[object]:
     image_freq = int(logger_opt.get('image_freq') or val_freq or save_freq)
     # everything built: continue the model's RNG stream exactly where the saved run left it
     if getattr(model, 'resumed_rng', None):
-        from fusion.models.sage_model import restore_rng_state
         restore_rng_state(model.resumed_rng)
 
     logger.info(f'Start training from iter {current_iter} to {total_iter}.')

@@ -13,11 +13,12 @@ import sys
 
 from tqdm import tqdm
 
+
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
 from fusion.metrics.baselines import BASELINES  # noqa: E402
-from fusion.utils.img_util import ImageReadError, check_same_size, imwrite_atomic, list_pairs, read_gray  # noqa: E402
 from fusion.utils.cli import add_pair_arguments  # noqa: E402
+from fusion.utils.img_util import ImageReadError, check_same_size, imwrite_atomic, list_pairs, read_gray  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -14,6 +14,7 @@ import json
 import os.path as osp
 import sys
 
+
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from fusion.data.lmdb_images import create_image_lmdbs  # noqa: E402

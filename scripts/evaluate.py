@@ -16,14 +16,15 @@ import os.path as osp
 import sys
 from typing import Dict, List, Optional
 
+
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
 from fusion.metrics.baselines import BASELINES  # noqa: E402
 from fusion.metrics.evaluation import comparison_grid, evaluate_folders, format_table, write_outputs  # noqa: E402
 from fusion.metrics.fusion_metrics import ALL_METRICS, DEFAULT_METRICS  # noqa: E402
 from fusion.metrics.metric_util import keep_freed_memory  # noqa: E402
-from fusion.utils.img_util import ImageReadError, imwrite_atomic  # noqa: E402
 from fusion.utils.cli import add_pair_arguments  # noqa: E402
+from fusion.utils.img_util import ImageReadError, imwrite_atomic  # noqa: E402
 
 
 def _parse_methods(items: List[str]) -> Dict[str, str]:

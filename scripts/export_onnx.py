@@ -5,7 +5,7 @@
     python scripts/export_onnx.py --output sage_student_rgb8.onnx --mode rgb8  # whole 8-bit pipeline
     python scripts/export_onnx.py --output sage_student.onnx --check          # + onnxruntime check
 
-Modes (see ``fusion.utils.student_inference.export_student_onnx``):
+Modes (see ``fusion.onnx_export.export_student_onnx``):
 
 * ``y``: ``vis_y``, ``ir`` float32 B x 1 x H x W in [0, 1] -> ``fused_y`` float32 B x 1 x H x W.
   Pre/post-processing stays outside, exactly as in the Python pipeline: visible BGR -> YCrCb
@@ -28,6 +28,7 @@ import os.path as osp
 import sys
 from typing import Optional, Sequence
 
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -35,11 +36,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import fusion  # noqa: E402,F401  (basicsr fixes + registries)
+from fusion.inference import DEFAULT_MODEL, load_student  # noqa: E402
+from fusion.onnx_export import ONNX_MODES, export_student_onnx  # noqa: E402
 from fusion.utils.img_util import ImageReadError, fused_to_image, read_image, read_ir, read_vis_ycrcb  # noqa: E402
-from fusion.utils.student_inference import (ONNX_MODES, export_student_onnx, fuse_student)  # noqa: E402
-from fusion.inference import load_student  # noqa: E402
 
-DEFAULT_CKPT = osp.join(ROOT, 'experiments', 'pretrained_models', 'sage_student_official.pth')
+
 SAMPLE_VIS = osp.join(ROOT, 'datasets', 'M3FD', 'vi', '00000.png')
 SAMPLE_IR = osp.join(ROOT, 'datasets', 'M3FD', 'ir', '00000.png')
 TOLERANCE = {'y': 1e-4, 'rgb8': 1}
@@ -54,7 +55,7 @@ def check_with_onnxruntime(onnx_path: str, student: torch.nn.Module, mode: str, 
     h, w = crop
     vis_ycrcb = read_vis_ycrcb(vis_path)[0][:h, :w]
     ir = read_ir(ir_path)[:h, :w]
-    net = fuse_student(student)
+    net = student.fuse_for_inference()
     with torch.inference_mode():
         ref_y = net(torch.from_numpy(np.ascontiguousarray(vis_ycrcb[..., 0]))[None, None],
                     torch.from_numpy(np.ascontiguousarray(ir))[None, None])
@@ -83,7 +84,7 @@ def check_with_onnxruntime(onnx_path: str, student: torch.nn.Module, mode: str, 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--output', required=True, help='the .onnx file to write')
-    parser.add_argument('--checkpoint', default=DEFAULT_CKPT, help='student weights (default: the released ones)')
+    parser.add_argument('--checkpoint', default=DEFAULT_MODEL, help='student weights (default: the released ones)')
     parser.add_argument('--mode', default='y', choices=ONNX_MODES, help='y (default) or rgb8, see above')
     parser.add_argument('--opset', type=int, default=17, help='ONNX opset (default 17)')
     parser.add_argument('--check', action='store_true', help='compare with PyTorch through onnxruntime')

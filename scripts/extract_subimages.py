@@ -15,6 +15,7 @@ import json
 import os.path as osp
 import sys
 
+
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from fusion.data.subimages import extract_subimages  # noqa: E402

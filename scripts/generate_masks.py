@@ -23,10 +23,12 @@ import sys
 
 import yaml
 
+
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from fusion.data.mask_generation import generate_mask_cache  # noqa: E402
 from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
+
 
 SAM_FLAGS = ('points_per_side', 'points_per_batch', 'pred_iou_thresh', 'stability_score_thresh',
              'stability_score_offset', 'box_nms_thresh', 'crop_n_layers', 'crop_nms_thresh', 'crop_overlap_ratio',

@@ -10,12 +10,12 @@ import argparse
 import os.path as osp
 import sys
 
+
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
 from fusion.inference import DEFAULT_MODEL, fuse_folders, load_student  # noqa: E402
-from fusion.utils.student_inference import DEFAULT_TILE_OVERLAP  # noqa: E402
-from fusion.utils.img_util import ImageReadError  # noqa: E402
 from fusion.utils.cli import add_pair_arguments  # noqa: E402
+from fusion.utils.img_util import ImageReadError  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -29,8 +29,9 @@ def main(argv=None) -> int:
     parser.add_argument('--plain', action='store_true', help='plain eval-mode network instead of the fast path')
     parser.add_argument('--batch-size', type=int, default=4, help='pairs of equal size fused together')
     parser.add_argument('--tile', type=int, default=None, help='tile size for images too large for memory')
-    parser.add_argument('--tile-overlap', type=int, default=DEFAULT_TILE_OVERLAP,
-                        help=f'overlap of neighbouring tiles (default {DEFAULT_TILE_OVERLAP}: equal to untiled within 1e-4)')
+    parser.add_argument('--tile-overlap', type=int, default=None,
+                        help='overlap of neighbouring tiles (default: 3 x the network\'s tile margin, 96 for the '
+                             'SAGE student: equal to untiled within 1e-6)')
     args = parser.parse_args(argv)
     try:
         net = load_student(args.model, args.device, param_key=args.param_key)

@@ -1,6 +1,14 @@
-"""Shared test setup: import the package from this checkout, keep runs small and deterministic."""
+"""Shared test setup: import the package from this checkout, the paths every test uses, and
+fixtures that keep runs small and deterministic.
+
+Markers: ``slow`` (subprocess and end-to-end tests); ``python -m pytest -m "not slow"`` is the
+quick loop, CI runs everything.
+"""
+import contextlib
 import os.path as osp
 import sys
+from typing import Iterator
+
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 if ROOT not in sys.path:
@@ -10,9 +18,32 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import fusion  # noqa: E402,F401  (basicsr fixes + registries)
+from fusion.inference import DEFAULT_MODEL  # noqa: E402
+
 
 DATASETS = osp.join(ROOT, 'datasets')
-STUDENT_CKPT = osp.join(ROOT, 'experiments', 'pretrained_models', 'sage_student_official.pth')
+TEST_DATA = osp.join(ROOT, 'tests', 'data')
+BENCHMARKS = osp.join(ROOT, 'scripts', 'benchmarks')
+STUDENT_CKPT = DEFAULT_MODEL  # the released student, the package's one default checkpoint
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """``n`` torch threads inside the block. Tiny models on a busy shared 2-core CPU spend their
+    time in OpenMP barriers with 2 threads (measured 10-100x slower than 1); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    """One torch thread for a whole test module (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture

@@ -1,17 +1,15 @@
 """Each basicsr fix in fusion/utils/compat.py, shown to be needed (the unpatched basicsr code
 fails) and to work."""
 import os
-import os.path as osp
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from conftest import ROOT
 
 from fusion.utils import compat
-
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
@@ -20,6 +18,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=300)
 
 
+@pytest.mark.slow
 def test_import_basicsr_needs_functional_tensor_alias():
     plain = _run('import basicsr')
     assert plain.returncode != 0 and 'functional_tensor' in plain.stderr
@@ -59,6 +58,7 @@ def test_load_resume_state_on_cpu(tmp_path, monkeypatch):
     assert opt['path']['resume_state'].endswith('4.state')
 
 
+@pytest.mark.slow
 def test_init_dist_without_gpu_uses_gloo():
     code = """
         import os

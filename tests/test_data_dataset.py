@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from basicsr.data import build_dataset
+from conftest import ROOT, torch_threads
 from torch.utils.data import DataLoader
 
 import fusion  # noqa: F401
@@ -19,7 +20,7 @@ from fusion.data.mask_cache import MaskCache, MaskCacheError
 from fusion.data.mask_generation import generate_mask_cache
 from fusion.utils.img_util import ImageReadError, read_image, read_ir, read_vis_ycrcb
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
 MFNET = osp.join(ROOT, 'tests', 'data', 'data_pipeline', 'mfnet')
 TNO = osp.join(ROOT, 'tests', 'data', 'data_pipeline', 'tno')
 IR, VIS, LABEL = (osp.join(MFNET, d) for d in ('ir', 'vi', 'label'))
@@ -44,12 +45,8 @@ def label_cache(tmp_path_factory):
 @pytest.fixture(scope='module')
 def sam_cache(tmp_path_factory):
     path = str(tmp_path_factory.mktemp('caches') / 'sam.lmdb')
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny SAM on a busy 2-core machine: 1 thread is far faster
-    try:
+    with torch_threads(1):
         generate_mask_cache(IR, VIS, path, TINY_SAM, max_masks=4, progress=False)
-    finally:
-        torch.set_num_threads(threads)
     return path
 
 

@@ -7,6 +7,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from conftest import ROOT
 
 import fusion  # noqa: F401  (basicsr fixes)
 from fusion.data.lmdb_images import create_image_lmdbs
@@ -15,7 +16,7 @@ from fusion.data.sample_io import (PairBackend, decode_ir_bytes, decode_label_by
                                    image_fingerprint, raw_to_rgb_uint8, read_label)
 from fusion.utils.img_util import ImageReadError, read_image, read_ir, read_vis_ycrcb
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
 MFNET = osp.join(ROOT, 'tests', 'data', 'data_pipeline', 'mfnet')
 TNO = osp.join(ROOT, 'tests', 'data', 'data_pipeline', 'tno')
 

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 import fusion  # noqa: F401
 from fusion.data import mask_generation
@@ -19,7 +20,7 @@ from fusion.data.mask_cache import (MaskCache, MaskCacheError, MaskCacheWriter, 
 from fusion.data.mask_generation import generate_mask_cache
 from fusion.utils.img_util import read_image
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
 MFNET = osp.join(ROOT, 'tests', 'data', 'data_pipeline', 'mfnet')
 IR, VIS, LABEL = (osp.join(MFNET, d) for d in ('ir', 'vi', 'label'))
 NAMES = ['00101D', '00112D', '00701N']
@@ -28,12 +29,7 @@ TINY_SAM = dict(type='sam', model_type='tiny', points_per_side=4, crop_n_layers=
 SUPERPIXEL = {'type': 'superpixel', 'scale': 100, 'min_size': 20}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny SAM on a busy 2-core machine: 1 thread is far faster
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def _random_masks(rng, n, h, w):
@@ -217,6 +213,7 @@ def _run_script(monkeypatch, capsys, *args):
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_generate_masks_script(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / 'cli.lmdb')
     base = ['--ir', IR, '--vis', VIS, '--out', out, '--quiet', '--fallback-set', 'scale=100',

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 import fusion  # noqa: F401
 from fusion.data.mask_generation import _load_pair
@@ -15,7 +16,7 @@ from fusion.data.patch_sources import (PATCH_SOURCE_REGISTRY, SAM_OFFICIAL_SETTI
 from fusion.utils.img_util import list_pairs, read_image
 from fusion.utils.sam_util import SAMCheckpointError, build_tiny_sam, file_sha256
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
 MFNET = osp.join(ROOT, 'tests', 'data', 'data_pipeline', 'mfnet')
 # tiny SAM settings for CPU tests: few points, low thresholds so that random weights give masks
 # (iou 1.0 keeps one of the three outputs per point: the noisy masks are slow to RLE-encode)
@@ -23,13 +24,7 @@ TINY_SAM = dict(type='sam', model_type='tiny', points_per_side=4, crop_n_layers=
                 stability_score_thresh=0.0, min_mask_region_area=0)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_torch_thread():
-    """The tiny SAM's many small ops: on a busy 2-core machine two threads were 30x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')

@@ -1,4 +1,4 @@
-"""scripts/extract_subimages.py, scripts/create_lmdb.py and scripts/benchmark_data.py on real
+"""scripts/extract_subimages.py, scripts/create_lmdb.py and scripts/benchmarks/benchmark_data.py on real
 sample pairs (run in-process through their command lines)."""
 import json
 import os
@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from basicsr.data import build_dataset
+from conftest import BENCHMARKS, ROOT
 
 import fusion  # noqa: F401
 from fusion.data.mask_cache import MaskCache
@@ -17,7 +18,7 @@ from fusion.data.mask_generation import generate_mask_cache
 from fusion.data.subimages import crop_positions
 from fusion.utils.img_util import read_image
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
 MFNET = osp.join(ROOT, 'tests', 'data', 'data_pipeline', 'mfnet')
 IR, VIS, LABEL = (osp.join(MFNET, d) for d in ('ir', 'vi', 'label'))
 
@@ -47,6 +48,7 @@ def label_cache(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_extract_subimages_keeps_everything_consistent(tmp_path, monkeypatch, capsys, label_cache):
     out = str(tmp_path / 'sub')
     code, stdout, _ = run_script('extract_subimages.py', monkeypatch, capsys, '--ir', IR, '--vis', VIS, '--label',
@@ -95,12 +97,14 @@ def test_extract_subimages_refuses_a_cache_of_other_images(tmp_path, label_cache
                           mask_cache=label_cache, progress=False)
 
 
+@pytest.mark.slow
 def test_extract_subimages_reports_small_images(tmp_path, monkeypatch, capsys):
     code, stdout, stderr = run_script('extract_subimages.py', monkeypatch, capsys, '--ir', IR, '--vis', VIS,
                                       '--out', str(tmp_path / 'o'), '--crop-size', '128', '--step', '64', '--quiet')
     assert code == 0 and json.loads(stdout)['subimages'] == 0 and '3 image(s) smaller' in stderr
 
 
+@pytest.mark.slow
 def test_create_lmdb_script(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / 'lmdb')
     code, stdout, _ = run_script('create_lmdb.py', monkeypatch, capsys, '--ir', IR, '--vis', VIS, '--label', LABEL,
@@ -112,9 +116,11 @@ def test_create_lmdb_script(tmp_path, monkeypatch, capsys):
     assert code == 2 and 'exists' in stderr and 'Traceback' not in stderr
 
 
+@pytest.mark.slow
 def test_benchmark_script_prints_the_ratio(monkeypatch, capsys):
-    code, stdout, _ = run_script('benchmark_data.py', monkeypatch, capsys, '--ir', IR, '--vis', VIS, '--label',
-                                 LABEL, '--source', 'label', '--max-masks', '20', '--repeats', '1')
+    monkeypatch.syspath_prepend(BENCHMARKS)  # where the script finds bench_util
+    code, stdout, _ = run_script('benchmarks/benchmark_data.py', monkeypatch, capsys, '--ir', IR, '--vis', VIS,
+                                 '--label', LABEL, '--source', 'label', '--max-masks', '20', '--repeats', '1')
     assert code == 0
     result = json.loads(stdout)
     for key in ('size_ratio', 'size_ratio_payload', 'official_bytes_per_image', 'ours_bytes_per_image',
@@ -126,6 +132,7 @@ def test_benchmark_script_prints_the_ratio(monkeypatch, capsys):
     assert result['images'] == 3 and result['source'] == 'label'
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_files(tmp_path, label_cache):
     """The multiprocessing paths of extract_subimages and create_lmdb write exactly what the
     single-process paths write."""

@@ -10,11 +10,12 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from conftest import BENCHMARKS, ROOT
 
 from fusion.metrics import DEFAULT_METRICS
 from fusion.metrics.evaluation import evaluate_folders
 
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+
 DATA = osp.join(ROOT, 'tests', 'data', 'metrics')
 TNO = osp.join(ROOT, 'datasets', 'TNO')
 
@@ -23,7 +24,8 @@ with open(osp.join(DATA, 'reference_values.json')) as _f:
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f'_script_{name}', osp.join(ROOT, 'scripts', f'{name}.py'))
+    spec = importlib.util.spec_from_file_location(f"_script_{name.replace('/', '_')}",
+                                                  osp.join(ROOT, 'scripts', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -45,6 +47,7 @@ def crops(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_evaluate_tno_with_baselines_matches_reference(evaluate, tmp_path, capsys):
     """End to end on datasets/TNO: written baseline files as a method, the on-the-fly baselines, and
     image 001 against the reference values of TNO_01_mean / TNO_01_max (FMI skipped: slow)."""
@@ -89,6 +92,7 @@ def test_evaluate_tno_with_baselines_matches_reference(evaluate, tmp_path, capsy
     assert picture.shape == (28 + 2 * 240, 5 * tile_w, 3)  # header + 2 pairs; IR, VIS, 3 methods
 
 
+@pytest.mark.slow
 def test_fused_folder_with_colour_images_and_other_extension(evaluate, crops, capsys):
     """Colour JPEG-free variant: a colour copy of the fused crops (grey replicated into 3 channels,
     saved as .bmp) gives the same numbers, FMI included; --json writes where asked."""
@@ -112,6 +116,7 @@ def test_fused_folder_with_colour_images_and_other_extension(evaluate, crops, ca
     assert not (crops / 'out' / 'metrics.json').exists()
 
 
+@pytest.mark.slow
 def test_missing_files_are_named(evaluate, crops, capsys):
     (crops / 'ref' / 'TNO_07_mean_c64.png').unlink()
     rc = evaluate.main(['--ir', str(crops / 'ir'), '--vis', str(crops / 'vi'), '--fused', f'ref={crops}/ref',
@@ -123,6 +128,7 @@ def test_missing_files_are_named(evaluate, crops, capsys):
     assert not (crops / 'out').exists()
 
 
+@pytest.mark.slow
 def test_mismatched_and_unreadable_files_are_named_and_left_out(evaluate, crops, capsys):
     small = cv2.imread(str(crops / 'ref' / 'TNO_01_max_c64.png'), cv2.IMREAD_UNCHANGED)[:50, :60]
     cv2.imwrite(str(crops / 'ref' / 'TNO_01_max_c64.png'), small)
@@ -173,8 +179,10 @@ def test_parallel_workers_give_the_same_values(crops):
     assert all(math.isfinite(v) for v in serial.means()['ref'].values())
 
 
-def test_benchmark_prints_json(capsys):
-    bench = _script('benchmark_metrics')
+@pytest.mark.slow
+def test_benchmark_prints_json(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(BENCHMARKS)  # where the script finds bench_util
+    bench = _script('benchmarks/benchmark_metrics')
     crop = osp.join(DATA, 'crops')
     assert bench.main(['--ir', f'{crop}/TNO_07_mean_c64_ir.png', '--vis', f'{crop}/TNO_07_mean_c64_vi.png',
                        '--fused', f'{crop}/TNO_07_mean_c64_fused.png', '--repeat', '1',

@@ -1,4 +1,4 @@
-"""ONNX export of the student (scripts/export_onnx.py, fusion.utils.student_inference)."""
+"""ONNX export of the student (scripts/export_onnx.py, fusion/onnx_export.py)."""
 import json
 import os.path as osp
 import sys
@@ -7,17 +7,17 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
-from fusion.utils.img_util import read_ir, read_vis_ycrcb
-from fusion.utils.student_inference import export_student_onnx, rgb8_to_ycrcb8
-
 from conftest import DATASETS, ROOT, STUDENT_CKPT
+
+from fusion.onnx_export import export_student_onnx, rgb8_to_ycrcb8
+from fusion.utils.img_util import read_ir, read_vis_ycrcb
+
 
 sys.path.insert(0, osp.join(ROOT, 'scripts'))
 import export_onnx  # noqa: E402
 
-MFNET = osp.join(DATASETS, 'MFNet')
 
+MFNET = osp.join(DATASETS, 'MFNet')
 
 
 @pytest.fixture(scope='module')
@@ -53,6 +53,7 @@ def test_onnxruntime_matches_pytorch(y_model, student):
     assert np.abs(got - ref).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_rgb8_model_reproduces_the_python_pipeline(student, tmp_path, capsys):
     pytest.importorskip('onnxruntime')
     path = str(tmp_path / 'student_rgb8.onnx')
@@ -80,6 +81,7 @@ def test_export_rejects_unknown_mode(student, tmp_path):
     assert not (tmp_path / 'x.onnx').exists()
 
 
+@pytest.mark.slow
 def test_export_script_reports_a_missing_checkpoint(tmp_path, capsys):
     assert export_onnx.main(['--output', str(tmp_path / 'x.onnx'), '--checkpoint', str(tmp_path / 'no.pth')]) == 1
     assert 'no.pth' in capsys.readouterr().err

@@ -2,11 +2,10 @@
 eval-mode network when ``val.fast_inference`` is false, same results; equal sizes batched."""
 import torch
 from basicsr.utils.registry import MODEL_REGISTRY
+from conftest import STUDENT_CKPT
 
 import fusion.models.fusion_base_model as base
 from fusion.models.fusion_base_model import group_equal_sizes
-
-from conftest import STUDENT_CKPT
 
 
 def _model(**val):
@@ -18,13 +17,13 @@ def _model(**val):
 
 def test_fast_path_is_default_and_can_be_turned_off(monkeypatch):
     built = []
-    original = base.StudentInferencer
+    original = base.FusionInferencer
 
     def spy(*args, **kwargs):
         built.append(kwargs.get('fast'))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(base, 'StudentInferencer', spy)
+    monkeypatch.setattr(base, 'FusionInferencer', spy)
     vis, ir = torch.rand(2, 1, 48, 62), torch.rand(2, 1, 48, 62)
     fast = _model().fuse(vis, ir)
     assert built == [True]

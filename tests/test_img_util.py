@@ -5,11 +5,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import DATASETS
 
 from fusion.utils.img_util import (ImageReadError, fused_to_image, imwrite_atomic, list_pairs, read_gray, read_ir,
                                    read_vis_ycrcb, ycrcb_to_rgb)
 
-from conftest import DATASETS
 
 MFNET = osp.join(DATASETS, 'MFNet')
 

@@ -7,8 +7,11 @@ import sys
 import cv2
 import numpy as np
 import pytest
-
 from conftest import DATASETS, ROOT
+
+
+pytestmark = pytest.mark.slow  # subprocesses through the real entry points
+
 
 M3FD = osp.join(DATASETS, 'M3FD')
 

@@ -12,13 +12,7 @@ from fusion.losses.fusion_losses import sobel_gradient
 from fusion.utils.sam_util import SAMCheckpointError, build_tiny_sam
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread (OpenMP oversubscription on a busy shared CPU costs far more than it gains)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def _delta(value: float = 1.0, size: int = 3) -> torch.Tensor:

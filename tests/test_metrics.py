@@ -11,6 +11,7 @@ import pytest
 import torch
 from basicsr.metrics import calculate_metric
 from basicsr.utils.registry import METRIC_REGISTRY
+from conftest import ROOT
 
 from fusion.metrics import ALL_METRICS, DEFAULT_METRICS, METRICS, compute_all_metrics
 from fusion.metrics import fusion_metrics as fm
@@ -19,7 +20,7 @@ from fusion.metrics.fmi import feature_mutual_information
 from fusion.metrics.metric_util import prepare_triple, to_metric_gray
 from fusion.utils.img_util import read_gray
 
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+
 DATA = osp.join(ROOT, 'tests', 'data', 'metrics')
 TNO = osp.join(ROOT, 'datasets', 'TNO')
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
+from conftest import ROOT
 
-from fusion.models.sage_model import CosineToMinLR
+from fusion.models.lr_scheduler import CosineToMinLR
 
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+
 DATA = osp.join(ROOT, 'tests', 'data', 'sage_training')
 
 TINY_TEACHER = {'type': 'SAGETeacher', 'mask_num': 2, 'channels': 8, 'heads': 1, 'head_dim': 8, 'feature_channels': 8}
@@ -18,14 +19,7 @@ TINY_SEG = {'type': 'FusionSegNet', 'in_ch': 3, 'num_classes': 9, 'base_ch': 4, 
 TINY_SAM = {'embed_dim': 16, 'num_heads': 1, 'use_rel_pos': False, 'window_size': 0, 'global_attn_indexes': []}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a busy shared CPU, OpenMP threads beyond the free cores spin against
-    each other (a tiny step took 40 s with 2 threads, 0.3 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def make_opt(tmp_path, total_iter=6, pretrain=2, seg=True, **train_overrides) -> dict:

@@ -2,10 +2,9 @@
 import pytest
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
+from conftest import STUDENT_CKPT
 
 from fusion.utils.checkpoint_util import extract_state_dict, load_checkpoint_file
-
-from conftest import STUDENT_CKPT
 
 
 def test_registered_and_parameter_count():

@@ -1,25 +1,24 @@
-"""The fast student path (fusion/utils/student_inference.py) gives the plain student's results."""
+"""The student's deploy-time form (SAGEStudent.fuse_for_inference, fusion/archs/sage_student_deploy.py) and the
+runner (fusion/inferencer.py) give the plain student's results."""
 import copy
 import os.path as osp
 
 import numpy as np
 import pytest
 import torch
+from conftest import DATASETS
 from torch import nn
 
 from fusion.archs.sage_student_arch import SAGEStudent
-from fusion.utils.img_util import read_image, read_ir, read_vis_ycrcb, tensor_to_uint8, ycrcb_to_rgb
-from fusion.utils.student_inference import (FastStudent, StudentInferencer, fold_conv_bn, fuse_student,
-                                            mkldnn_fused_available,
-                                            resolve_channels_last)
+from fusion.archs.sage_student_deploy import FastSAGEStudent, fold_conv_bn, mkldnn_fused_available
 from fusion.inference import load_student
+from fusion.inferencer import FusionInferencer, resolve_channels_last
+from fusion.utils.img_util import read_image, read_ir, read_vis_ycrcb, tensor_to_uint8, ycrcb_to_rgb
 
-from conftest import DATASETS
 
 M3FD = osp.join(DATASETS, 'M3FD')
 MFNET = osp.join(DATASETS, 'MFNet')
 TOL = 1e-5  # the issue's bound for "same outputs as the plain eval-mode student"
-
 
 
 def load_pair(folder: str, name: str) -> tuple:
@@ -55,7 +54,7 @@ def plain_refs(student, crops) -> list:
 @pytest.mark.parametrize('channels_last', [False, True])
 @pytest.mark.parametrize('use_mkldnn', [False, True])
 def test_fast_student_equals_plain(student, crops, plain_refs, channels_last, use_mkldnn):
-    fast = fuse_student(student)
+    fast = student.fuse_for_inference()
     fast.use_mkldnn = use_mkldnn
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
@@ -72,8 +71,8 @@ def test_fused_kernels_are_used_on_this_cpu():
 
 
 def test_fast_student_structure(student):
-    fast = fuse_student(student)
-    assert isinstance(fast, FastStudent)
+    fast = student.fuse_for_inference()
+    assert isinstance(fast, FastSAGEStudent)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
     assert [len(getattr(fast, f'module{i}')) for i in range(1, 6)] == [3] * 5
     assert fast.adjust_channels4_up.bias is None and fast.adjust_channels4_skip.bias is not None
@@ -96,24 +95,24 @@ def test_fold_conv_bn_uses_running_statistics():
     assert (torch.nn.functional.conv2d(x, w, b, padding=1) - ref).abs().max().item() < 1e-5
 
 
-def test_fuse_student_leaves_a_training_student_alone(student):
+def test_fuse_for_inference_leaves_a_training_student_alone(student):
     train_student = copy.deepcopy(student).train()
     before = {k: v.clone() for k, v in train_student.state_dict().items()}
     vis, ir = torch.rand(1, 1, 32, 48), torch.rand(1, 1, 32, 48)
-    fast = fuse_student(train_student)
+    fast = train_student.fuse_for_inference()
     assert train_student.training  # not switched to eval behind the caller's back
     assert all(torch.equal(before[k], v) for k, v in train_student.state_dict().items())
     with torch.inference_mode():
         assert (fast(vis, ir) - plain_output(student, vis, ir)).abs().max().item() < TOL
     with pytest.raises(ValueError, match='eval-mode'):
-        FastStudent(train_student)
+        FastSAGEStudent(train_student)
 
 
 def test_inferencer_batches_equal_sizes_and_keeps_order(student, crops):
     (a_vis, a_ir), (b_vis, b_ir), _ = crops
     pairs = [(a_vis, a_ir), (b_vis[0], b_ir[0]), (a_vis.flip(-1), a_ir.flip(-1)), (a_vis[0, 0].numpy(), a_ir[0, 0]),
              (b_vis.flip(-2), b_ir.flip(-2))]
-    inferencer = StudentInferencer(student, max_batch=2)
+    inferencer = FusionInferencer(student, max_batch=2)
     calls = []
     forward = inferencer.net.forward
 
@@ -135,7 +134,7 @@ def test_inferencer_batches_equal_sizes_and_keeps_order(student, crops):
 
 def test_inferencer_plain_mode_is_the_plain_student(student, crops):
     vis, ir = crops[1]
-    inferencer = StudentInferencer(student, fast=False)
+    inferencer = FusionInferencer(student, fast=False)
     assert isinstance(inferencer.net, SAGEStudent) and not inferencer.net.training
     assert inferencer.channels_last is False
     (out,) = inferencer([(vis, ir)])
@@ -143,7 +142,7 @@ def test_inferencer_plain_mode_is_the_plain_student(student, crops):
 
 
 def test_inferencer_rejects_bad_inputs(student):
-    inferencer = StudentInferencer(student)
+    inferencer = FusionInferencer(student)
     with pytest.raises(ValueError, match='pair 1.*equal in size'):
         inferencer([(torch.rand(8, 8), torch.rand(8, 8)), (torch.rand(8, 8), torch.rand(8, 10))])
     with pytest.raises(ValueError, match='pair 0 ir.*single-channel'):
@@ -151,9 +150,9 @@ def test_inferencer_rejects_bad_inputs(student):
     with pytest.raises(ValueError, match='float'):
         inferencer([(torch.zeros(8, 8, dtype=torch.uint8), torch.rand(8, 8))])
     with pytest.raises(ValueError, match='max_batch'):
-        StudentInferencer(student, max_batch=0)
+        FusionInferencer(student, max_batch=0)
     with pytest.raises(ValueError, match='channels_last'):
-        StudentInferencer(student, channels_last='yes')
+        FusionInferencer(student, channels_last='yes')
 
 
 def test_channels_last_auto_follows_the_device():
@@ -177,7 +176,7 @@ def test_load_student_checkpoint_errors(tmp_path):
 def test_official_output_reproduced(student):
     """Full M3FD image through the fast path + the official colour conversion vs the released result."""
     vis, ir = load_pair(M3FD, '00000')
-    (fused_y,) = StudentInferencer(student)([(vis[..., 0], ir)])
+    (fused_y,) = FusionInferencer(student)([(vis[..., 0], ir)])
     cr = torch.from_numpy(np.ascontiguousarray(vis[..., 1]))[None, None]
     cb = torch.from_numpy(np.ascontiguousarray(vis[..., 2]))[None, None]
     ours = tensor_to_uint8(ycrcb_to_rgb(fused_y[None], cr, cb)[0]).astype(np.float64)

@@ -12,26 +12,20 @@ from typing import List
 import pytest
 import torch
 import yaml
-
-import fusion  # noqa: F401  (registers the archs)
 from basicsr.archs import build_network
 from basicsr.utils.registry import ARCH_REGISTRY
+from conftest import ROOT
+
+import fusion  # noqa: F401  (registers the archs)
 from fusion.archs.sage_student_arch import SAGEStudent
 from fusion.archs.sage_teacher_arch import SAGETeacher, convert_official_teacher_state_dict
 from fusion.archs.spa_modules import SPABlock, SpatialTransformer, multihead_attention
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
 ABLATIONS = [None, 'no_latent', 'no_kv', 'no_repository']
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    """Tiny convolutions on 2 threads of a shared, busy CPU spend their time in thread barriers
-    (a 16x16 forward measured 10 s on 2 threads vs 0.1 s on 1 under load); restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def make_inputs(b: int, h: int, w: int, mask_num: int = 4, seed: int = 0, binary: bool = False) -> List[torch.Tensor]:
@@ -350,7 +344,8 @@ def test_official_state_dict_converts_and_loads_strictly():
 
 
 def test_sources_have_no_hard_coded_cuda():
-    for rel in ('fusion/archs/sage_teacher_arch.py', 'fusion/archs/spa_modules.py', 'scripts/benchmark_teacher.py'):
+    for rel in ('fusion/archs/sage_teacher_arch.py', 'fusion/archs/spa_modules.py',
+                'scripts/benchmarks/benchmark_teacher.py'):
         with open(osp.join(ROOT, rel)) as f:
             assert '.cuda(' not in f.read(), rel
 

@@ -4,15 +4,14 @@ import os.path as osp
 import numpy as np
 import pytest
 import torch
-
-from fusion.utils.img_util import read_ir, read_vis_ycrcb
-from fusion.utils.student_inference import (DEFAULT_TILE_OVERLAP, StudentInferencer, fuse_student)
-from fusion.utils.tiling import blend_tiles, blend_weights, tile_spans, tiled_forward
-
 from conftest import DATASETS
 
-M3FD = osp.join(DATASETS, 'M3FD')
+from fusion.inferencer import DEFAULT_TILE_OVERLAP, FusionInferencer
+from fusion.utils.img_util import read_ir, read_vis_ycrcb
+from fusion.utils.tiling import blend_tiles, blend_weights, tile_spans, tiled_forward
 
+
+M3FD = osp.join(DATASETS, 'M3FD')
 
 
 @pytest.fixture(scope='module')
@@ -104,7 +103,7 @@ def test_tiled_forward_errors():
 def test_student_tiled_equals_untiled_on_a_real_image(student, pair):
     """The student through tiled_forward on a real crop whose H and W are multiples of 4."""
     vis, ir = (t[..., 200:392, 300:556] for t in pair)  # 192 x 256
-    fast = fuse_student(student)
+    fast = student.fuse_for_inference()
 
     def network(v, i):
         return fast(v, i), None  # a tuple, like SAGEStudent's (fused, features)
@@ -122,8 +121,8 @@ def test_inferencer_tiles_exactly_at_any_size(student, pair):
     """The fast path passes each tile's position, so sizes that are not multiples of 4 (where the
     student's upsampling positions depend on the whole image's size) are reproduced too."""
     vis, ir = (t[..., 101:304, 57:358] for t in pair)  # 203 x 301
-    untiled = StudentInferencer(student).fuse(vis, ir)
-    tiled_inferencer = StudentInferencer(student, tile_size=(160, 192), tile_overlap=DEFAULT_TILE_OVERLAP)
+    untiled = FusionInferencer(student).fuse(vis, ir)
+    tiled_inferencer = FusionInferencer(student, tile_size=(160, 192), tile_overlap=DEFAULT_TILE_OVERLAP)
     calls = []
     forward = tiled_inferencer.net.forward
 
@@ -137,7 +136,7 @@ def test_inferencer_tiles_exactly_at_any_size(student, pair):
     assert (tiled - untiled).abs().max().item() < 1e-4
     # a tile-agnostic network cannot match there: why the window is passed
     with torch.inference_mode():
-        agnostic = tiled_forward(fuse_student(student), [vis, ir], (160, 192), DEFAULT_TILE_OVERLAP, multiple=4)
+        agnostic = tiled_forward(student.fuse_for_inference(), [vis, ir], (160, 192), DEFAULT_TILE_OVERLAP, multiple=4)
     assert (agnostic - untiled).abs().max().item() > 1e-4
 
 

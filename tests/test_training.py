@@ -12,8 +12,12 @@ import sys
 import pytest
 import torch
 import yaml
+from conftest import ROOT
 
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+
+pytestmark = pytest.mark.slow  # subprocesses through the real entry points
+
+
 DATA = osp.join(ROOT, 'tests', 'data', 'sage_training')
 
 # runs a pipeline with an arbitrary root path (fusion/train.py always uses the repository)

@@ -5,6 +5,7 @@ from os import path as osp
 
 from basicsr.utils import scandir
 
+
 _folder = osp.dirname(osp.abspath(__file__))
 _names = sorted(osp.splitext(osp.basename(v))[0] for v in scandir(_folder) if v.endswith('_arch.py'))
 _arch_modules = [importlib.import_module(f'fusion.archs.{name}') for name in _names]

@@ -19,6 +19,7 @@ from torch import nn
 
 from fusion.archs.spa_modules import ATTENTION_IMPLS, SPA_ABLATIONS, SPABlock, conv_lrelu
 
+
 PATCH_MODES = ('masked_intensity', 'binary')
 MIN_SIZE = 16  # a 4x4 pool at the H/4 scale must leave at least one pixel
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 # (keys, values) of source-image tokens handed from one transformer to the next, B x N x C each
 Repository = Tuple[torch.Tensor, torch.Tensor]
 

@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from tqdm import tqdm
 
 from fusion.data.lmdb_store import LmdbWriter, write_meta_info
-from fusion.utils.img_util import decode_image
-from fusion.utils.img_util import ImageReadError, list_pairs
+from fusion.utils.img_util import ImageReadError, decode_image, list_pairs
+
 
 MODALITIES = (('ir', 'ir'), ('vis', 'vis'), ('label', 'label'))  # (pair key, LMDB name)
 

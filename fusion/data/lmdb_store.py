@@ -18,6 +18,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import lmdb
 
+
 META_KEY = '__meta__'  # reserved key holding a JSON description of the store
 _INITIAL_MAP_SIZE = 1 << 30  # 1 GiB; doubled whenever a write does not fit
 

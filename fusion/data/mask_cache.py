@@ -29,6 +29,7 @@ import numpy as np
 
 from fusion.data.lmdb_store import META_KEY, LmdbReader, LmdbWriter, is_lmdb_dir
 
+
 CACHE_FORMAT = 'sage-mask-cache'
 CACHE_VERSION = 1
 CODEC = 'packbits+zlib'

@@ -19,6 +19,7 @@ from fusion.data.patch_sources import MaskInput, PatchSource, build_patch_source
 from fusion.data.sample_io import check_label, gray_to_rgb_uint8, image_fingerprint, raw_to_rgb_uint8, read_label
 from fusion.utils.img_util import list_pairs, read_image, read_pair
 
+
 logger = logging.getLogger('basicsr')
 
 

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from basicsr.utils.registry import Registry
 
+
 PATCH_SOURCE_REGISTRY = Registry('patch_source')
 
 Masks = List[np.ndarray]

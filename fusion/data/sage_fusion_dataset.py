@@ -16,6 +16,7 @@ from fusion.data.patch_sources import MaskInput, build_patch_source, select_larg
 from fusion.data.sample_io import PairBackend, gray_to_rgb_uint8, image_fingerprint, ycrcb_to_rgb_uint8
 from fusion.utils.img_util import ImageReadError
 
+
 logger = logging.getLogger('basicsr')
 
 PATCH_MODES = ('masked_intensity', 'binary')

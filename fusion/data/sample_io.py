@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 
 from fusion.data.lmdb_store import LmdbReader
-from fusion.utils.img_util import (ImageReadError, check_same_size, decode_image, drop_alpha, ir_from_array,
-                                   list_pairs, read_image, read_ir, read_vis_ycrcb, vis_ycrcb_from_array)
+from fusion.utils.img_util import (ImageReadError, check_same_size, decode_image, drop_alpha, ir_from_array, list_pairs,
+                                   read_image, read_ir, read_vis_ycrcb, vis_ycrcb_from_array)
 
 
 # ----------------------------------------------------------------------------------------------

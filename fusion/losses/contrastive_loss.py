@@ -40,6 +40,7 @@ from fusion.losses.fusion_losses import _SOBEL_X, _SOBEL_Y
 from fusion.utils.sam_util import (SAM_ENCODER_CONFIGS, SAM_PIXEL_MEAN, SAM_PIXEL_STD, SAMCheckpointError,
                                    build_sam_image_encoder, load_sam_state_dict)
 
+
 __all__ = ['SAMFeatureEncoder', 'GradientFeatureEncoder', 'SAMContrastiveLoss', 'SAM_ENCODER_CONFIGS']
 
 FALLBACKS = ('random', 'gradient', 'error')

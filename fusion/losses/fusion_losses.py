@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
+
 __all__ = ['sobel_gradient', 'SAGEContextLoss', 'FeatureAlignmentLoss', 'SegCrossEntropyLoss']
 
 # Sobel kernels exactly as the official GradientLoss (section 4.1)

@@ -11,6 +11,7 @@ from typing import Callable, Dict
 
 import numpy as np
 
+
 __all__ = ['pixel_mean_fusion', 'pixel_max_fusion', 'BASELINES']
 
 

@@ -25,6 +25,7 @@ from fusion.metrics.fusion_metrics import ALL_METRICS, compute_all_metrics, reso
 from fusion.utils.file_util import atomic_write_bytes
 from fusion.utils.img_util import ImageReadError, check_same_size, list_pairs, read_gray, read_image
 
+
 __all__ = ['EvaluationResult', 'evaluate_folders', 'baseline_method_name', 'format_table', 'to_json_dict',
            'write_outputs', 'comparison_grid', 'RESERVED_METHOD_NAMES']
 

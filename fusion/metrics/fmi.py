@@ -32,6 +32,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import fft
 
+
 __all__ = ['feature_mutual_information', 'FMI_FEATURES']
 
 FMI_FEATURES = ('none', 'dct')

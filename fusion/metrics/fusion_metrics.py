@@ -27,6 +27,7 @@ from fusion.metrics.mef_ssim import mef_ms_ssim, mef_ssim
 from fusion.metrics.metric_util import (gaussian_kernel_1d, prepare_triple, quantize_8bit, to_metric_gray,
                                         valid_correlate)
 
+
 __all__ = [
     'entropy', 'standard_deviation', 'spatial_frequency', 'average_gradient', 'mutual_information',
     'sum_of_correlations_of_differences', 'visual_information_fidelity', 'qabf', 'nabf', 'fusion_ssim',

@@ -27,6 +27,7 @@ import numpy as np
 
 from fusion.metrics.metric_util import box_sum_valid, gaussian_kernel_1d, valid_correlate
 
+
 __all__ = ['mef_ssim', 'mef_ms_ssim', 'MS_SSIM_WEIGHTS']
 
 _WIN = 11

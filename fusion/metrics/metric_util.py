@@ -13,6 +13,7 @@ from typing import Any, Tuple
 import cv2
 import numpy as np
 
+
 __all__ = ['to_metric_gray', 'prepare_triple', 'quantize_8bit', 'valid_correlate', 'box_sum_valid',
            'gaussian_kernel_1d', 'keep_freed_memory']
 

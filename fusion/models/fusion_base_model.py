@@ -20,11 +20,10 @@ from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 from tqdm import tqdm
 
-from fusion.archs.sage_student_arch import SAGEStudent
+from fusion.inferencer import FusionInferencer
 from fusion.utils.checkpoint_util import extract_state_dict, load_checkpoint_file
 from fusion.utils.file_util import atomic_torch_save
 from fusion.utils.img_util import fused_to_image, imwrite_atomic
-from fusion.utils.student_inference import DEFAULT_TILE_OVERLAP, StudentInferencer
 
 
 def _concat_batches(batches: List[dict]) -> dict:
@@ -135,17 +134,18 @@ class FusionBaseModel(BaseModel):
     # ----------------------------------------------------------------------------- inference
     def student_inference(self, net: nn.Module, vis_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
         """Fused Y of a deployed student for one batch, as configured in ``val``:
-        ``fast_inference`` (default true: BN folded, fused kernels; SAGEStudent only, others run
-        plain), ``tile_size`` / ``tile_overlap`` for images too large for memory. ``net`` is not
-        modified (eval copy), so this is safe in the middle of training."""
+        ``fast_inference`` (default true: the network's deploy-time form from its
+        ``fuse_for_inference()``, e.g. BN folded; networks without one run plain), ``tile_size`` /
+        ``tile_overlap`` for images too large for memory. ``net`` is not modified (eval copy), so
+        this is safe in the middle of training."""
         val_opt = self.opt.get('val') or {}
         bare = self.get_bare_model(net)
-        fast = bool(val_opt.get('fast_inference', True)) and isinstance(bare, SAGEStudent)
+        fast = bool(val_opt.get('fast_inference', True)) and callable(getattr(bare, 'fuse_for_inference', None))
         tile_size = val_opt.get('tile_size')
         if fast or tile_size:
-            runner = StudentInferencer(bare, self.device, fast=fast, max_batch=max(1, vis_y.shape[0]),
-                                       tile_size=tile_size,
-                                       tile_overlap=int(val_opt.get('tile_overlap', DEFAULT_TILE_OVERLAP)))
+            overlap = val_opt.get('tile_overlap')
+            runner = FusionInferencer(bare, self.device, fast=fast, max_batch=max(1, vis_y.shape[0]),
+                                      tile_size=tile_size, tile_overlap=None if overlap is None else int(overlap))
             return runner.fuse(vis_y, ir)
         was_training = bare.training
         bare.eval()

@@ -2,7 +2,6 @@
 validation data; the base of SAGEModel's evaluation."""
 from __future__ import annotations
 
-
 import torch
 from basicsr.utils.registry import MODEL_REGISTRY
 

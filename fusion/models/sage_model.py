@@ -1,5 +1,5 @@
 """SAGEModel: teacher pre-training and bi-level teacher/student distillation of SAGE
-(``shared/docs/sage_reference.md`` sections 4, 5, 8), assembled entirely from the options.
+(the reference notes on the official code, sections 4, 5, 8), assembled entirely from the options.
 
 Networks: ``net_t`` (teacher, :class:`SAGETeacher`), ``net_g`` (student, the deployed network, so
 basicsr's EMA, ``param_key_g: params_ema`` and ``fusion/test.py`` work unchanged) and an optional
@@ -22,62 +22,28 @@ official scheduler counted all batches and only annealed halfway: bug 5).
 from __future__ import annotations
 
 import math
-import random
 from collections import OrderedDict
 from copy import deepcopy
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
-from torch.optim.lr_scheduler import LRScheduler
 
 from fusion.models.fusion_base_model import FusionBaseModel
+from fusion.models.lr_scheduler import CosineToMinLR, build_scheduler
 from fusion.utils.img_util import ycrcb_to_rgb
 from fusion.utils.options_util import resolve_path
+from fusion.utils.rng_util import capture_rng_state
+
 
 STEP_KINDS = ('pretrain', 'teacher', 'student')
 DISTILL_ABLATIONS = ('no_feature', 'no_context', 'no_contrastive')
 FEEDBACK_MODES = ('eval', 'batch_stats', 'train')
 _CONTEXT_TERMS = ('int_vis', 'int_ir', 'int_ref', 'grad_src', 'grad_ref')
-
-
-class CosineToMinLR(LRScheduler):
-    """Cosine annealing from the initial LR to ``eta_min`` over ``T_max`` steps of its own
-    optimizer, in closed form (no drift, resumable, ``eta_min`` after the last step)."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, T_max: int, eta_min: float = 0.0,
-                 last_epoch: int = -1) -> None:
-        self.T_max = max(1, int(T_max))
-        self.eta_min = float(eta_min)
-        super().__init__(optimizer, last_epoch)
-
-    def get_lr(self) -> List[float]:
-        t = min(max(self.last_epoch, 0), self.T_max)
-        factor = (1 + math.cos(math.pi * t / self.T_max)) / 2
-        return [self.eta_min + (base - self.eta_min) * factor for base in self.base_lrs]
-
-
-def capture_rng_state() -> dict:
-    """Global RNG states (python, numpy, torch, CUDA) for exact resumption."""
-    state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Optional[dict]) -> None:
-    if not state:
-        return
-    random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
-    torch.set_rng_state(state['torch'].cpu())
-    if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state['cuda']])
 
 
 class _RenamedLoader:
@@ -294,20 +260,7 @@ class SAGEModel(FusionBaseModel):
         for name, optimizer in zip(self.optimizer_names, self.optimizers):
             sched_opt = deepcopy(train_opt.get('scheduler') or {'type': 'CosineAnnealingLR', 'eta_min': 1e-5})
             sched_opt.update(deepcopy(train_opt.get(f'scheduler_{name}') or {}))
-            self.schedulers.append(self._build_scheduler(optimizer, sched_opt, counts[name]))
-
-    @staticmethod
-    def _build_scheduler(optimizer: torch.optim.Optimizer, sched_opt: dict, steps: int) -> LRScheduler:
-        sched_type = sched_opt.pop('type')
-        if sched_type in ('CosineAnnealingLR', 'CosineToMinLR'):
-            t_max = sched_opt.pop('T_max', 'auto')
-            t_max = steps if t_max in (None, 'auto') else int(t_max)
-            return CosineToMinLR(optimizer, T_max=t_max, **sched_opt)
-        cls = getattr(torch.optim.lr_scheduler, sched_type, None)
-        if cls is None:
-            raise ValueError(f'unknown scheduler type {sched_type!r} '
-                             '(CosineAnnealingLR or any torch.optim.lr_scheduler class)')
-        return cls(optimizer, **sched_opt)
+            self.schedulers.append(build_scheduler(optimizer, sched_opt, counts[name]))
 
     # ------------------------------------------------------------------------------------------ schedule
     def step_kind(self, current_iter: int) -> str:

@@ -7,6 +7,7 @@ from typing import Callable, Optional, Tuple, Type
 
 from fusion.utils.img_util import ImageReadError
 
+
 INPUT_ERRORS: Tuple[Type[BaseException], ...] = (ImageReadError, ValueError, OSError)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+
 _APPLIED: dict = {}
 # the replaced basicsr functions, kept so the tests can show the failure each fix removes
 _ORIGINALS: dict = {}
@@ -44,8 +45,8 @@ def load_resume_state(opt: dict) -> Optional[dict]:
 
     resume_state_path = None
     if opt.get('auto_resume'):
-        state_dir = opt['path'].get('training_states') or osp.join(opt.get('root_path', '.'), 'experiments',
-                                                                     opt['name'], 'training_states')
+        state_dir = opt['path'].get('training_states') or osp.join(
+            opt.get('root_path', '.'), 'experiments', opt['name'], 'training_states')
         if osp.isdir(state_dir):
             states = [v for v in scandir(state_dir, suffix='state', recursive=False, full_path=False)]
             iters = []

@@ -26,6 +26,7 @@ import torch
 
 from fusion.utils.file_util import atomic_write_bytes
 
+
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 
 ArrayOrTensor = Union[np.ndarray, torch.Tensor]

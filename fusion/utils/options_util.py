@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os.path as osp
 
+
 # option keys holding file or folder paths that may be given relative to the repository root
 _PATH_KEY_PREFIXES = ('dataroot_', 'pretrain_network_', 'resume_state', 'mask_cache', 'meta_info')
 

@@ -15,6 +15,7 @@ from typing import Dict, Iterator, Optional, Union
 
 import torch
 
+
 SAM_MODEL_TYPES = ('vit_b', 'vit_l', 'vit_h')
 # segment_anything's build_sam_vit_{b,l,h} image-encoder settings and pixel statistics
 SAM_ENCODER_CONFIGS = {
@@ -103,8 +104,7 @@ def build_tiny_sam(embed_dim: int = 32, depth: int = 1, num_heads: int = 2, img_
                    seed: Optional[int] = 0) -> torch.nn.Module:
     """A randomly initialised SAM built from segment_anything's own classes at tiny size
     (~0.2 M parameters) for tests and CPU smoke runs. Not for real masks."""
-    from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
-                                           TwoWayTransformer)
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     with seeded_init(seed):
         prompt_dim = embed_dim

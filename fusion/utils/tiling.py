@@ -29,6 +29,7 @@ from typing import Callable, List, Sequence, Tuple, Union
 
 import torch
 
+
 TileSize = Union[int, Tuple[int, int]]
 
 

@@ -14,10 +14,10 @@ Measured (printed as JSON):
 Examples:
 
     # masks from the weight-free superpixel source on real MFNet pairs (K = 20, as the official cache)
-    python scripts/benchmark_data.py --ir ../shared/data/MFNet/ir --vis ../shared/data/MFNet/vi \\
+    python scripts/benchmarks/benchmark_data.py --ir ../shared/data/MFNet/ir --vis ../shared/data/MFNet/vi \\
         --source superpixel --max-masks 20 --limit 60 --workers 2
     # an existing cache (e.g. real SAM masks made on a GPU machine)
-    python scripts/benchmark_data.py --cache datasets/MFNet/masks_sam.lmdb
+    python scripts/benchmarks/benchmark_data.py --cache datasets/MFNet/masks_sam.lmdb
 
 Timings are wall-clock on whatever machine runs this; on a shared CPU they are noisy: compare
 the two columns of one run, not numbers across runs.
@@ -29,13 +29,11 @@ import os.path as osp
 import pickle
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
+import bench_util  # noqa: E402,F401  (puts the repository on sys.path)
 import numpy as np
-
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from fusion.data.lmdb_store import LmdbWriter  # noqa: E402
 from fusion.data.mask_cache import MaskCache  # noqa: E402

@@ -10,14 +10,14 @@ Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus what was allocate
 call; on CPU each (variant, mode) runs once in a fresh child process and reports its peak RSS
 (``VmHWM``; not ``ru_maxrss``, which Linux carries over from the forking parent across exec)
 minus its RSS just before the call. The child runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so
-glibc returns freed tensor memory at once and RSS follows the live tensors. The plain reference is not run where its
-N x N attention matrices alone would not fit in the available memory (estimate reported).
+glibc returns freed tensor memory at once and RSS follows the live tensors. The plain reference is
+not run where its N x N attention matrices alone would not fit in the available memory (estimate reported).
 
 Examples::
 
-    python scripts/benchmark_teacher.py                       # 1x1x192x256, mask_num 4, CPU
-    python scripts/benchmark_teacher.py --device cuda --size 768 1024 --modes fwd
-    python scripts/benchmark_teacher.py --size 768 1024 --modes fwd --impls sdpa --tile-size 384
+    python scripts/benchmarks/benchmark_teacher.py                       # 1x1x192x256, mask_num 4, CPU
+    python scripts/benchmarks/benchmark_teacher.py --device cuda --size 768 1024 --modes fwd
+    python scripts/benchmarks/benchmark_teacher.py --size 768 1024 --modes fwd --impls sdpa --tile-size 384
 """
 from __future__ import annotations
 
@@ -32,14 +32,13 @@ import sys
 import time
 from typing import Dict, List, Sequence
 
-import torch
-
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
+import torch  # noqa: E402
+from bench_util import current_rss_bytes, peak_rss_bytes, seconds_stats, sync, time_once
 from tqdm import tqdm  # noqa: E402
 
 import fusion  # noqa: E402,F401  (registers archs, applies basicsr fixes)
 from fusion.archs.sage_teacher_arch import SAGETeacher  # noqa: E402
+
 
 HEADS = 2
 
@@ -92,11 +91,6 @@ def make_inputs(args: argparse.Namespace, device: torch.device) -> List[torch.Te
     return [t.to(device) for t in (vis, ir, vis_p, ir_p)]
 
 
-def sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
 def run_once(model: SAGETeacher, inputs: Sequence[torch.Tensor], mode: str):
     if mode == 'fwd':
         model.eval()
@@ -110,14 +104,6 @@ def run_once(model: SAGETeacher, inputs: Sequence[torch.Tensor], mode: str):
     return fused.detach()
 
 
-def timed(model: SAGETeacher, inputs: Sequence[torch.Tensor], mode: str, device: torch.device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    run_once(model, inputs, mode)
-    sync(device)
-    return time.perf_counter() - t0
-
-
 def cuda_peak(model: SAGETeacher, inputs: Sequence[torch.Tensor], mode: str, device: torch.device) -> float:
     model.zero_grad(set_to_none=True)
     sync(device)
@@ -129,22 +115,6 @@ def cuda_peak(model: SAGETeacher, inputs: Sequence[torch.Tensor], mode: str, dev
     peak = torch.cuda.max_memory_allocated(device) - before
     model.zero_grad(set_to_none=True)
     return peak / 2 ** 20
-
-
-def _proc_status_bytes(field: str) -> int:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1]) * 1024  # kB
-    raise RuntimeError(f'{field} not found in /proc/self/status')
-
-
-def current_rss_bytes() -> int:
-    return _proc_status_bytes('VmRSS')
-
-
-def peak_rss_bytes() -> int:
-    return _proc_status_bytes('VmHWM')
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -182,11 +152,6 @@ def cpu_peak_child(args: argparse.Namespace, impl: str, mode: str) -> Dict[str, 
     if proc.returncode != 0:
         return {'error': f'child failed (rc={proc.returncode}): {proc.stderr.strip()[-300:]}'}
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def summary(times: List[float]) -> Dict[str, object]:
-    return {'min': round(min(times), 4), 'median': round(statistics.median(times), 4),
-            'all': [round(t, 4) for t in times]}
 
 
 def main() -> None:
@@ -244,7 +209,7 @@ def main() -> None:
     for _ in tqdm(range(args.repeats), desc='repeats', file=sys.stderr):
         for mode in args.modes:
             for impl in impls:  # interleaved: load changes hit both variants alike
-                times[impl][mode].append(timed(models[impl], inputs, mode, device))
+                times[impl][mode].append(time_once(lambda: run_once(models[impl], inputs, mode), device))
     load_after = os.getloadavg()
 
     result: Dict[str, object] = {
@@ -260,7 +225,7 @@ def main() -> None:
         'repeats': args.repeats, 'warmup': args.warmup, 'skipped': skipped, 'variants': {},
     }
     for impl in impls:
-        entry = {f'{mode}_s': summary(times[impl][mode]) for mode in args.modes}
+        entry = {f'{mode}_s': seconds_stats(times[impl][mode]) for mode in args.modes}
         if not args.no_memory:
             for mode in args.modes:
                 if device.type == 'cuda':

@@ -7,8 +7,8 @@ of
 
 * ``student_plain``: the eval-mode student as the official test code runs it (``model.eval()``,
   ``torch.no_grad()``, NCHW float32, ``out, _ = model(y, ir)``, torch/cuDNN defaults);
-* ``student_ours``: :class:`fusion.utils.student_inference.StudentInferencer` (BN folded, fused
-  oneDNN kernels on CPU, channels_last, inference_mode, exact fp32 on CUDA), batch 1;
+* ``student_ours``: :class:`fusion.inferencer.FusionInferencer` on the student's ``fuse_for_inference()``
+  (BN folded, fused oneDNN kernels on CPU, channels_last, inference_mode, exact fp32 on CUDA), batch 1;
 * ``student_ours_bN``: the same with N equal-size pairs per call (time per image);
 * ``teacher``: :class:`SAGETeacher` (random weights; speed does not depend on them) with
   mask_num 4 patch channels, when the arch is importable. On CPU only at ``--teacher-cpu-sizes``
@@ -28,138 +28,28 @@ plain / ours at ``--speedup-size`` (default 480x640) on the CPU.
 
 Examples::
 
-    python scripts/benchmark.py                                  # CPU (+ CUDA when available)
-    python scripts/benchmark.py --device cuda --sizes 768x1024 480x640 --repeats 50 --json bench_gpu.json
-    python scripts/benchmark.py --device cpu --sizes 480x640 --repeats 10 --no-teacher
+    python scripts/benchmarks/benchmark_inference.py                                  # CPU (+ CUDA when available)
+    python scripts/benchmarks/benchmark_inference.py --device cuda --sizes 768x1024 480x640 --repeats 50 \
+        --json bench_gpu.json
+    python scripts/benchmarks/benchmark_inference.py --device cpu --sizes 480x640 --repeats 10 --no-teacher
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import os.path as osp
-import platform
 import statistics
 import sys
-import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import cv2  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from bench_util import (ROOT, count_flops, emit_json, load_sample_pair, machine_meta, matmul_gflops, ms_stats, n_params,
+                        parse_size, size_str, time_interleaved)
 
 import fusion  # noqa: E402,F401  (basicsr fixes + registries)
 from fusion.archs.sage_student_arch import SAGEStudent  # noqa: E402
-from fusion.utils.file_util import atomic_write_bytes  # noqa: E402
-from fusion.utils.img_util import read_ir, read_vis_ycrcb  # noqa: E402
-from fusion.utils.student_inference import (StudentInferencer, exact_fp32, fuse_student)  # noqa: E402
-from fusion.inference import load_student  # noqa: E402
-
-DEFAULT_CKPT = osp.join(ROOT, 'experiments', 'pretrained_models', 'sage_student_official.pth')
-SAMPLE_PAIR = (osp.join(ROOT, 'datasets', 'M3FD', 'vi', '00000.png'),
-               osp.join(ROOT, 'datasets', 'M3FD', 'ir', '00000.png'))
-
-
-def parse_size(text: str) -> Tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'size must look like 480x640 (H x W), got {text!r}') from None
-    if h < 16 or w < 16:
-        raise argparse.ArgumentTypeError(f'size {text} too small (>= 16x16)')
-    return h, w
-
-
-def size_str(size: Sequence[int]) -> str:
-    return f'{size[0]}x{size[1]}'
-
-
-# ---------------------------------------------------------------------------------------------
-# measurements
-# ---------------------------------------------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def time_once(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds for one call: CUDA events on GPU, perf_counter on CPU."""
-    if device.type == 'cuda':
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1000.0
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def time_interleaved(fns: Dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int,
-                     desc: str) -> Dict[str, List[float]]:
-    """Times each fn ``repeats`` times after ``warmup`` runs, alternating between them."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    sync(device)
-    times: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in tqdm(range(repeats), desc=desc, leave=False, file=sys.stderr):
-        for name, fn in fns.items():
-            times[name].append(time_once(fn, device))
-    return times
-
-
-def matmul_gflops(device: torch.device, repeats: int = 3) -> Dict[str, float]:
-    """Best fp32 (IEEE, no TF32) matmul throughput on the device, GFLOP/s (best over sizes and
-    repeats: the least disturbed measurement on a shared machine)."""
-    sizes = (8192,) if device.type == 'cuda' else (2048, 4096)
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    best = {'n': 0, 'gflops': 0.0}
-    try:
-        for n in sizes:
-            a = torch.randn(n, n, device=device)
-            b = torch.randn(n, n, device=device)
-            a @ b
-            sync(device)
-            seconds = min(time_once(lambda: a @ b, device) for _ in range(repeats))
-            gflops = 2 * n ** 3 / seconds / 1e9
-            if gflops > best['gflops']:
-                best = {'n': n, 'gflops': gflops}
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
-    return best
-
-
-def count_flops(build: Callable[[], torch.nn.Module], inputs_shapes: Sequence[Tuple[int, ...]],
-                call: Callable[[torch.nn.Module, List[torch.Tensor]], object]) -> int:
-    """FLOPs of one forward pass, counted on the meta device (no memory, no compute)."""
-    model = build().to('meta').eval()
-    inputs = [torch.empty(s, device='meta') for s in inputs_shapes]
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        call(model, inputs)
-    return int(counter.get_total_flops())
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def load_pair(size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The M3FD sample pair resized to ``size`` (real content for the equality check)."""
-    vis = read_vis_ycrcb(SAMPLE_PAIR[0])[0][..., 0]
-    ir = read_ir(SAMPLE_PAIR[1])
-    h, w = size
-    vis = cv2.resize(vis, (w, h), interpolation=cv2.INTER_AREA)
-    ir = cv2.resize(ir, (w, h), interpolation=cv2.INTER_AREA)
-    return torch.from_numpy(vis)[None, None], torch.from_numpy(ir)[None, None]
+from fusion.inference import DEFAULT_MODEL, load_student  # noqa: E402
+from fusion.inferencer import FusionInferencer, exact_fp32  # noqa: E402
 
 
 def try_import_teacher():
@@ -172,26 +62,21 @@ def try_import_teacher():
     return SAGETeacher
 
 
-def ms_stats(seconds: List[float], per: int = 1) -> Dict[str, float]:
-    ms = [s * 1000.0 / per for s in seconds]
-    return {'median_ms': statistics.median(ms), 'min_ms': min(ms), 'max_ms': max(ms), 'n': len(ms)}
-
-
 # ---------------------------------------------------------------------------------------------
 def bench_device(device: torch.device, args: argparse.Namespace, student: SAGEStudent, teacher_cls,
                  rows: List[dict]) -> Dict[str, dict]:
     matmul = matmul_gflops(device)
     print(f'[{device}] fp32 matmul {matmul["n"]}^3: {matmul["gflops"]:.1f} GFLOP/s', file=sys.stderr)
     plain = student.to(device).eval()
-    ours = StudentInferencer(student, device, max_batch=args.batch)
+    ours = FusionInferencer(student, device, max_batch=args.batch)
     fast_params = n_params(ours.net)
     for size in args.sizes:
         h, w = size
-        vis, ir = (t.to(device) for t in load_pair(size))
+        vis, ir = (t.to(device) for t in load_sample_pair(size))
         vis_b, ir_b = vis.repeat(args.batch, 1, 1, 1), ir.repeat(args.batch, 1, 1, 1)
         shapes = [(1, 1, h, w), (1, 1, h, w)]
         flops_plain = count_flops(SAGEStudent, shapes, lambda m, x: m(*x))
-        flops_ours = count_flops(lambda: fuse_student(SAGEStudent()), shapes, lambda m, x: m(*x))
+        flops_ours = count_flops(lambda: SAGEStudent().fuse_for_inference(), shapes, lambda m, x: m(*x))
         floor_ms = flops_plain / (matmul['gflops'] * 1e9) * 1000.0
 
         def run_plain() -> torch.Tensor:
@@ -254,7 +139,7 @@ def bench_teacher(device: torch.device, args: argparse.Namespace, teacher_cls, s
 
         def run() -> None:
             with torch.no_grad():
-                teacher(*inputs)
+                teacher(*inputs)  # noqa: F821 (bound above; the del below is after the last call)
 
         times = time_interleaved({'teacher': run}, device, min(args.warmup, 1), args.teacher_repeats,
                                  f'{device} {size_str(size)} teacher')
@@ -292,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--repeats', type=int, default=10, help='timed runs per model and size (median reported)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed runs first')
     parser.add_argument('--batch', type=int, default=4, help='pairs per call for the batched row (1: no row)')
-    parser.add_argument('--checkpoint', default=DEFAULT_CKPT, help='student weights (default: the released ones)')
+    parser.add_argument('--checkpoint', default=DEFAULT_MODEL, help='student weights (default: the released ones)')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
     parser.add_argument('--no-teacher', action='store_true', help='skip the teacher')
     parser.add_argument('--teacher-cpu-sizes', nargs='*', type=parse_size, default=[(192, 256)],
@@ -344,32 +229,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         'student_speedup_definition': f'median plain / median ours, CPU, {size_str(args.speedup_size)}, batch 1',
         'rows': rows,
         'devices': per_device,
-        'meta': {
-            'date': datetime.datetime.now().isoformat(timespec='seconds'),
-            'torch': torch.__version__, 'python': platform.python_version(), 'machine': platform.machine(),
-            'cpu': _cpu_name(), 'cpu_threads': torch.get_num_threads(),
-            'load_avg_start': load_at_start, 'load_avg_end': os.getloadavg(),
-            'repeats': args.repeats, 'warmup': args.warmup, 'checkpoint': osp.relpath(args.checkpoint, ROOT),
-            'teacher': 'measured' if teacher_cls is not None and not args.no_teacher else 'skipped',
-        },
+        'meta': machine_meta(
+            load_avg_start=load_at_start, load_avg_end=os.getloadavg(), repeats=args.repeats, warmup=args.warmup,
+            checkpoint=osp.relpath(args.checkpoint, ROOT),
+            teacher='measured' if teacher_cls is not None and not args.no_teacher else 'skipped'),
     }
     print(format_table(rows))
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        atomic_write_bytes(text.encode() + b'\n', args.json)
+    emit_json(report, args.json)
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == '__main__':

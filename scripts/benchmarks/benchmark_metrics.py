@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Time every fusion metric on one 640x480 triple and print JSON.
 
-    python scripts/benchmark_metrics.py            # TNO_10 (480x640) + its pixel-mean fusion
-    python scripts/benchmark_metrics.py --ir a.png --vis b.png --fused f.png --repeat 7
+    python scripts/benchmarks/benchmark_metrics.py            # TNO_10 (480x640) + its pixel-mean fusion
+    python scripts/benchmarks/benchmark_metrics.py --ir a.png --vis b.png --fused f.png --repeat 7
 
 For each metric: our implementation (median / min wall time of --repeat runs and CPU time) and,
 side by side in the same run, a direct formulation as the reference code computes it where one can
@@ -25,13 +25,12 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
-
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
-sys.path.insert(0, ROOT)
+from bench_util import ROOT  # noqa: E402  (also puts the repository on sys.path)
 
 from fusion.metrics.fusion_metrics import ALL_METRICS, DEFAULT_METRICS  # noqa: E402
 from fusion.metrics.metric_util import keep_freed_memory  # noqa: E402
 from fusion.utils.img_util import read_gray  # noqa: E402
+
 
 DATA = osp.join(ROOT, 'tests', 'data', 'metrics')
 RECORDED_KEYS = {  # our name -> (section of meta.timing, key)
