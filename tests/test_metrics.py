@@ -1,5 +1,5 @@
-"""Fusion metrics against the independent reference values (tests/data/metrics, a copy of
-shared/metrics_ref), input conversion, the basicsr registry entries and the baselines."""
+"""Fusion metrics against the independent reference values (tests/data/metrics, a subset of the
+project's metric reference set), input conversion, the basicsr registry entries and the baselines."""
 import json
 import math
 import os.path as osp

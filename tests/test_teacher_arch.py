@@ -56,7 +56,8 @@ def build(seed: int = 0, **kw) -> SAGETeacher:
 
 
 # ---------------------------------------------------------------------------------------------
-# structure and parameter counts (official numbers: shared/docs/sage_reference.md 1.2 and 1.7)
+# structure and parameter counts (official numbers: sections 1.2 and 1.7 of the project's reference
+# notes on the official code, sage_reference.md)
 
 OFFICIAL_MODULE_PARAMS = {
     'encoder_img1': 4944, 'encoder_img2': 18496, 'encoder_mask1_ir': 5232, 'encoder_mask2_ir': 18496,

@@ -1,12 +1,12 @@
 """The SAGE teacher ("main network"): fuses visible Y and IR guided by SAM patches.
 
-Structure as measured in ``shared/docs/sage_reference.md`` section 1 (official
-``model_main/model.py``), written from that description: two image encoders, two patch
+Structure as measured in section 1 of the project's reference notes on the official code
+(sage_reference.md; official ``model_main/model.py``), written from that description: two image encoders, two patch
 encoders per modality, five calls of one shared :class:`~fusion.archs.spa_modules.SPABlock` at
 scales H, H/2, H/4, H/2, H with U-Net skips, two decoders, and five 1x1 heads that give the
 32-channel features the student's are aligned with. The unused official
 ``compress_and_upsample`` conv is left out (2,639,505 parameters for ``mask_num: 4``).
-See docs/readme/teacher.md for options, ablations, performance and tiling.
+See docs/teacher.md for options, ablations, performance and tiling.
 """
 from __future__ import annotations
 

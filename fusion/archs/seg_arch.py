@@ -1,6 +1,7 @@
 """A small segmentation network for SAGE's segmentation loss on the teacher's fused image.
 
-The official code used X-Decoder (Focal-L, text prompts; ``shared/docs/sage_reference.md`` 4.6),
+The official code used X-Decoder (Focal-L, text prompts; section 4.6 of the project's reference notes
+on the official code, sage_reference.md),
 which needs detectron2 and private paths and is not available here. This light U-Net is the
 documented substitute: it sees the fused image (RGB from the fused Y and the visible chroma, or
 the fused Y alone) and predicts per-pixel class logits, and is trained jointly with the teacher

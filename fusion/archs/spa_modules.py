@@ -1,10 +1,10 @@
 """Building blocks of the SAGE teacher: attention, spatial transformers and the SPA block.
 
-Behaviour follows ``shared/docs/sage_reference.md`` sections 1.2-1.4 (the official
-``model_main``), written from that description. Sub-module names match the official state-dict
-names (``norm``, ``proj_in``, ``transformer_blocks.0.attn1.to_q``, ``ff.net.0.proj``, ...) so a
-state dict trained with the official code can be converted by renaming prefixes only (see
-:func:`fusion.archs.sage_teacher_arch.convert_official_teacher_state_dict`).
+Behaviour follows sections 1.2-1.4 of the project's reference notes on the official code
+(sage_reference.md; the official ``model_main``), written from that description. Sub-module names
+match the official state-dict names (``norm``, ``proj_in``, ``transformer_blocks.0.attn1.to_q``,
+``ff.net.0.proj``, ...) so a state dict trained with the official code can be converted by renaming
+prefixes only (see :func:`fusion.archs.sage_teacher_arch.convert_official_teacher_state_dict`).
 
 Helper module: the file name deliberately does not end in ``_arch.py`` (the arch folder
 auto-imports those); the networks that use these blocks are registered in
@@ -201,7 +201,7 @@ class SPABlock(nn.Module):
       9. out = upsample(concat[Xb, X1, X', Zb]) to X's size; Mv', Mi' upsampled to their own
          input sizes are returned as the next scale's patch streams.
 
-    Ablations (paper's SPA study; mapping argued in docs/readme/teacher.md):
+    Ablations (paper's SPA study; mapping argued in docs/teacher.md):
       * ``'no_latent'``: no Z (steps 5 and 7 removed; ``middle_mask`` and ``mask_transformer2``
         do not exist). img_transformer2 reads R itself, and the per-modality features Mv', Mi'
         enter the output directly: out = [Xb, X1, X', Mv', Mi'] (5*C channels).

@@ -28,7 +28,7 @@ TEACHER_MIN_SIZE = 16  # the teacher's 4x4 pooling at its deepest scale needs >=
 class SAGEFusionDataset(data.Dataset):
     """IR/visible pairs (+ optional labels) with the region patches SAGE's teacher takes.
 
-    Options (``opt``), see docs/readme/data.md for the full table:
+    Options (``opt``), see docs/data.md for the full table:
         dataroot_ir, dataroot_vis, dataroot_label (optional): folders, or LMDBs from
             scripts/create_lmdb.py with ``io_backend: {type: lmdb}``.
         mask_cache (optional): LMDB from scripts/generate_masks.py (required for ``sam``).

@@ -1,4 +1,5 @@
-"""Contrastive semantic loss of SAGE ("L_cs", ``shared/docs/sage_reference.md`` section 4.4).
+"""Contrastive semantic loss of SAGE ("L_cs", section 4.4 of the project's reference notes on the
+official code, sage_reference.md).
 
 The fused image is compared with a positive (the other network's output) and a negative (each
 single source) in the feature space of a frozen, truncated SAM image encoder, patch by patch:

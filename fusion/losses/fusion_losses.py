@@ -1,4 +1,5 @@
-"""SAGE's pixel and feature losses (``shared/docs/sage_reference.md`` sections 4.1-4.6).
+"""SAGE's pixel and feature losses (sections 4.1-4.6 of the project's reference notes on the official
+code, sage_reference.md).
 
 * :class:`SAGEContextLoss`: the pixel ("context") part of the distillation: Sobel-gradient terms
   against the element-wise max of the sources' gradients and against a reference image, plus

@@ -1,11 +1,11 @@
 """Infrared-visible fusion quality metrics: pure functions plus their ``METRIC_REGISTRY`` entries.
 
-Conventions (see docs/readme/metrics.md for the full table and the reference each follows):
+Conventions (see docs/metrics.md for the full table and the reference each follows):
 
 * Inputs: fused F, infrared A and visible B; any form :func:`fusion.metrics.metric_util.to_metric_gray`
   accepts (0-255 grey float, uint8/uint16, RGB colour converted with OpenCV's weights).
-* Definitions follow the CDDFuse ``utils/Evaluator.py`` (the main reference in
-  ``shared/metrics_ref/METRICS.md``) for every metric it has: EN, SD, SF, AG, MI (nats), SCD,
+* Definitions follow the CDDFuse ``utils/Evaluator.py`` (the main reference of the project's
+  metric reference notes, METRICS.md) for every metric it has: EN, SD, SF, AG, MI (nats), SCD,
   VIF(F), Qabf, SSIM (sum of two), PSNR (peak = max F), CC. The metrics CDDFuse lacks follow the
   Tang evaluation suite as documented there: MS-SSIM is the MEF-MS-SSIM of Ma et al. (2015), Nabf is
   the literature form of Shreyamsha Kumar's modified artefact measure on 0-255 data, FMI is
