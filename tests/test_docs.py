@@ -11,6 +11,7 @@ from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
 
+
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 README = osp.join(ROOT, 'README.md')
 CI_SCRIPT = osp.join(ROOT, '.ci', 'run')

@@ -1,5 +1,5 @@
 """Extending the framework: a new arch registered by decorator is built from options and runs
-through FusionModel (the README's worked example)."""
+through FusionModel (the README's worked example of extending)."""
 import pytest
 import torch
 from basicsr.archs import build_network

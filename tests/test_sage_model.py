@@ -248,7 +248,7 @@ def test_overfit_one_real_pair_lowers_the_student_loss(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- option files
-# the README's ablation switches (--force_yml), applied with basicsr's own value parsing
+# the ablation switches of docs/training.md (--force_yml), applied with basicsr's own value parsing
 ABLATIONS = {
     'w/o feature alignment': ["train:distill_ablations=['no_feature']"],
     'w/o context': ["train:distill_ablations=['no_context']"],

@@ -2,7 +2,7 @@
 baselines on most metrics is not fusing anything useful.
 
 Both work on the 0-255 grey images the metrics see (``read_gray`` of the IR and visible files) and
-return uint8, exactly like the fused PNGs of the reference set (shared/metrics_ref): mean =
+return uint8, exactly like the fused PNGs of the metric reference set: mean =
 floor((A + B) / 2) in integer arithmetic, max = max(A, B).
 """
 from __future__ import annotations

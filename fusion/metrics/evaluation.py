@@ -253,7 +253,7 @@ def _markdown_document(result: EvaluationResult, picture: Optional[str]) -> str:
     parts = [f'# Fusion metrics ({len(result.images)} images)', '', markdown_table(result), '',
              '↑ higher is better, ↓ lower is better; best value per metric in bold. Means over the images '
              '(undefined values left out). MI in nats, SSIM = SSIM(F,A) + SSIM(F,B), VIF = VIF(A,F) + VIF(B,F), '
-             'PSNR with peak max(F); definitions in the README (metrics section).']
+             'PSNR with peak max(F); definitions in docs/metrics.md.']
     undefined = {m: {k: n for k, n in c.items() if n} for m, c in result.undefined_counts().items()}
     undefined = {m: c for m, c in undefined.items() if c}
     if undefined:

@@ -1,7 +1,7 @@
 """Fast feature mutual information (FMI), vectorised over all windows.
 
 Definition (Haghighat & Razian, "Fast-FMI: non-reference image fusion metric", AICT 2014; the
-``analysis_fmi`` of Tang's evaluation suite, as described in shared/metrics_ref/METRICS.md):
+``analysis_fmi`` of Tang's evaluation suite, as described in the project's metric reference notes):
 
 For every w x w window (w = 3, all interior positions) and each source X in {A, B}:
 

@@ -2,7 +2,7 @@
 multi-exposure image fusion", IEEE TIP 24(11), 2015), the "SSIM"/"MS_SSIM" of Tang's IVIF
 evaluation suite.
 
-Written from the published definition (and the description in shared/metrics_ref/METRICS.md), in
+Written from the published definition (and the description in the project's metric reference notes), in
 closed form: every per-patch quantity of the definition is a linear combination of local moments,
 so the whole map is computed with a handful of separable box and Gaussian filters instead of a loop
 over 11 x 11 patches. Definition, per 11 x 11 patch of the K sources x_k and of the fused image y:

@@ -37,7 +37,7 @@ def _to_numpy(img: Any, name: str) -> np.ndarray:
 def to_metric_gray(img: Any, name: str = 'image') -> np.ndarray:
     """Converts an image to the metric input: float64 H x W, grey, 0-255.
 
-    Accepted inputs (documented conversion, also in the README):
+    Accepted inputs (documented conversion, also in docs/metrics.md):
 
     * 2-D arrays (or with singleton leading/trailing axes, e.g. 1 x H x W, H x W x 1, 1 x 1 x H x W):
       ``uint8`` used as is; ``uint16`` scaled by 255/65535; float taken as already 0-255

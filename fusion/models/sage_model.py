@@ -72,7 +72,7 @@ class _RenamedLoader:
 @MODEL_REGISTRY.register()
 class SAGEModel(FusionBaseModel):
     """SAGE training model (module docstring). Options: see ``options/train_sage.yml`` and the
-    README's training section."""
+    docs/training.md."""
 
     def __init__(self, opt: dict) -> None:
         super().__init__(opt)

@@ -14,7 +14,7 @@ Measured (printed as JSON):
 Examples:
 
     # masks from the weight-free superpixel source on real MFNet pairs (K = 20, as the official cache)
-    python scripts/benchmarks/benchmark_data.py --ir ../shared/data/MFNet/ir --vis ../shared/data/MFNet/vi \\
+    python scripts/benchmarks/benchmark_data.py --ir DIR --vis DIR \\
         --source superpixel --max-masks 20 --limit 60 --workers 2
     # an existing cache (e.g. real SAM masks made on a GPU machine)
     python scripts/benchmarks/benchmark_data.py --cache datasets/MFNet/masks_sam.lmdb

@@ -9,7 +9,7 @@ side by side in the same run, a direct formulation as the reference code compute
 be run here (scikit-image SSIM as CDDFuse calls it, VIF with direct 2-D convolutions, Qabf with
 float32 scipy convolutions, MI with a sorted contingency table as scikit-learn builds it), with
 the ratio and the difference of the values. The timings recorded with the reference values
-(shared/metrics_ref, CDDFuse Evaluator and NumPy ports of the MATLAB code, quiet machine) are
+(the project's metric reference set, CDDFuse Evaluator and NumPy ports of the MATLAB code, quiet machine) are
 listed too when the reference JSON is available; they come from another run, so compare them with
 care. The CPU is shared: the load average at start and end is part of the output.
 """
