@@ -101,6 +101,21 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], device: torch.device,
     return times
 
 
+def time_wall_and_cpu(fn: Callable[[], object], repeat: int) -> Dict[str, object]:
+    """Runs ``fn`` ``repeat`` times; median / min wall seconds, median CPU seconds of this process
+    (CPU time is what a loaded machine disturbs least) and the last value ``fn`` returned."""
+    walls: List[float] = []
+    cpus: List[float] = []
+    value: object = None
+    for _ in range(repeat):
+        w0, c0 = time.perf_counter(), time.process_time()
+        value = fn()
+        cpus.append(time.process_time() - c0)
+        walls.append(time.perf_counter() - w0)
+    return {'median_s': statistics.median(walls), 'min_s': min(walls), 'cpu_median_s': statistics.median(cpus),
+            'runs': repeat, 'value': value}
+
+
 def ms_stats(seconds: List[float], per: int = 1) -> Dict[str, float]:
     """Median / min / max milliseconds (per item when ``per`` items ran in each call)."""
     ms = [s * 1000.0 / per for s in seconds]

@@ -32,12 +32,16 @@ import statistics
 import tempfile
 import time
 
-import bench_util  # noqa: E402,F401  (puts the repository on sys.path)
 import numpy as np
+import torch
+from bench_util import time_once  # also puts the repository on sys.path
 
 from fusion.data.lmdb_store import LmdbWriter  # noqa: E402
 from fusion.data.mask_cache import MaskCache  # noqa: E402
 from fusion.data.mask_generation import generate_mask_cache  # noqa: E402
+
+
+CPU = torch.device('cpu')
 
 
 def lmdb_file_bytes(path: str) -> int:
@@ -68,12 +72,7 @@ def time_ours(path: str, names, mask_num: int, repeats: int):
     cache = MaskCache(path)
     cache.get(names[0], max_masks=mask_num)
     first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        for n in names:
-            t = time.perf_counter()
-            cache.get(n, max_masks=mask_num)
-            times.append(time.perf_counter() - t)
+    times = [time_once(lambda: cache.get(n, max_masks=mask_num), CPU) for _ in range(repeats) for n in names]
     cache.close()
     return first, statistics.median(times)
 
@@ -89,13 +88,7 @@ def time_official(path: str, names, mask_num: int, repeats: int):
     load = time.perf_counter() - t0
     sample(data, names[0])
     first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        for n in names:
-            t = time.perf_counter()
-            sample(data, n)
-            times.append(time.perf_counter() - t)
-    del data
+    times = [time_once(lambda: sample(data, n), CPU) for _ in range(repeats) for n in names]
     return load, first, statistics.median(times)
 
 

@@ -19,13 +19,11 @@ import math
 import os
 import os.path as osp
 import platform
-import statistics
 import sys
-import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
-from bench_util import ROOT  # noqa: E402  (also puts the repository on sys.path)
+from bench_util import ROOT, time_wall_and_cpu  # noqa: E402  (also puts the repository on sys.path)
 
 from fusion.metrics.fusion_metrics import ALL_METRICS, DEFAULT_METRICS  # noqa: E402
 from fusion.metrics.metric_util import keep_freed_memory  # noqa: E402
@@ -138,19 +136,6 @@ DIRECT_LABEL = {
 HEAVY_REPEATS = 2
 
 
-def _time(fn: Callable[[], float], repeat: int) -> Dict[str, float]:
-    walls: List[float] = []
-    cpus: List[float] = []
-    value = float('nan')
-    for _ in range(repeat):
-        w0, c0 = time.perf_counter(), time.process_time()
-        value = fn()
-        cpus.append(time.process_time() - c0)
-        walls.append(time.perf_counter() - w0)
-    return {'median_s': statistics.median(walls), 'min_s': min(walls), 'cpu_median_s': statistics.median(cpus),
-            'runs': repeat, 'value': value}
-
-
 def _recorded(path: Optional[str]) -> Dict[str, dict]:
     if not path or not osp.isfile(path):
         return {}
@@ -180,11 +165,11 @@ def main(argv=None) -> int:
     for name in args.metrics:
         spec = ALL_METRICS[name]
         heavy = spec.heavy or name in ('ms_ssim', 'mef_ssim')
-        ours = _time(lambda: spec(f, a, b), min(args.repeat, HEAVY_REPEATS) if heavy else args.repeat)
+        ours = time_wall_and_cpu(lambda: spec(f, a, b), min(args.repeat, HEAVY_REPEATS) if heavy else args.repeat)
         entry = {'ours': ours}
         if name in DIRECT and not args.no_direct:
             reps = 1 if name == 'vif' else args.repeat
-            direct = _time(lambda: DIRECT[name](f, a, b), reps)
+            direct = time_wall_and_cpu(lambda: DIRECT[name](f, a, b), reps)
             entry['direct'] = dict(direct, what=DIRECT_LABEL[name])
             entry['direct_over_ours'] = direct['median_s'] / ours['median_s']
             entry['value_rel_diff'] = abs(direct['value'] - ours['value']) / max(abs(direct['value']), 1e-300)
