@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os.path as osp
+from typing import List, Tuple
 
 
 # option keys holding file or folder paths that may be given relative to the repository root
@@ -49,3 +50,22 @@ def check_option_paths(opt: dict) -> None:
         missing.append(f'sam.checkpoint: {sam_ckpt}')
     if missing:
         raise FileNotFoundError('options name files or folders that do not exist:\n  ' + '\n  '.join(missing))
+
+
+def input_folders(opt: dict) -> List[Tuple[str, str]]:
+    """``(option name, path)`` of every data folder / cache the options read."""
+    inputs = []
+    for phase, ds in (opt.get('datasets') or {}).items():
+        for key, value in (ds or {}).items():
+            if key.startswith(('dataroot_', 'mask_cache', 'meta_info')) and isinstance(value, str) and value:
+                inputs.append((f'datasets.{phase}.{key}', value))
+    return inputs
+
+
+def check_run_folders(opt: dict) -> None:
+    """The run's own folder (``path.experiments_root`` or ``path.results_root``: basicsr moves an
+    existing one aside, then writes into it) must neither be nor hold nor sit inside an input."""
+    from fusion.utils.file_util import check_output_location
+    root_key = 'experiments_root' if opt['path'].get('experiments_root') else 'results_root'
+    out = opt['path'][root_key]
+    check_output_location(out, input_folders(opt), what=f'path.{root_key}', nested_inputs=True)
