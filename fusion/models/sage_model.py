@@ -383,16 +383,15 @@ class SAGEModel(FusionBaseModel):
             return net(self.vis_y, self.ir)
 
     def _seg_logits(self, fused_y: torch.Tensor) -> torch.Tensor:
-        # a segmenter (pretrained and frozen, or trained here) sees a real image in [0, 1]; the
-        # clamp keeps the gradient inside the range, as the saved fused images are clamped too
-        fused_y = fused_y.clamp(0, 1)
+        # a segmenter (pretrained and frozen, or trained here) sees a real image in [0, 1], as the
+        # saved fused images are: Y clamped, and the RGB from it clamped again
         if self.seg_input == 'rgb':
             if self.vis_cr is None or self.vis_cb is None:
                 raise ValueError('SAGEModel: seg_input "rgb" needs vis_cr/vis_cb in the training data')
-            img = ycrcb_to_rgb(fused_y, self.vis_cr, self.vis_cb)
+            img = ycrcb_to_rgb(fused_y.clamp(0, 1), self.vis_cr, self.vis_cb)
         else:
             img = fused_y
-        return self.net_seg(img)
+        return self.net_seg(img.clamp(0, 1))
 
     # ------------------------------------------------------------------------------------------ steps
     TEACHER_LOG_KEYS = tuple([f'l_t_{k}' for k in _CONTEXT_TERMS] + ['l_t_seg']
