@@ -34,9 +34,8 @@ def main() -> None:
     p.add_argument('--workers', type=int, default=0, help='processes (0: in this process)')
     p.add_argument('--quiet', action='store_true')
     args = p.parse_args()
-    label = getattr(args, 'label', None) or ''
-    check_output_location(args.out, [('--ir', args.ir), ('--vis', args.vis), ('--label', label)],
-                          what='--out')
+    check_output_location(args.out, [('--ir', args.ir), ('--vis', args.vis), ('--label', args.label or ''),
+                                     ('--mask-cache', args.mask_cache or '')], what='--out')
     summary = extract_subimages(args.ir, args.vis, args.out, args.crop_size, args.step, args.thresh_size,
                                 label_dir=args.label, mask_cache=args.mask_cache, workers=args.workers,
                                 progress=not args.quiet)

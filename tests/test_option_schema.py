@@ -231,6 +231,11 @@ def test_new_run_folders_are_discarded_and_archives_restored(tmp_path):
     guard.discard()
     assert not fresh.exists() and (old / 'keep.txt').read_text() == 'previous run'
     assert os.listdir(tmp_path / 'experiments') == ['old']
+    tb = tmp_path / 'tb_logger' / 'fresh'
+    guard = NewRunFolders([str(tb)])
+    tb.mkdir(parents=True)
+    guard.discard()
+    assert not (tmp_path / 'tb_logger').exists()  # the parent this run created goes too
     kept = NewRunFolders([str(fresh)])
     fresh.mkdir()
     kept.keep()

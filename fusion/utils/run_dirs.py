@@ -22,6 +22,8 @@ class NewRunFolders:
         self.folders = [osp.abspath(f) for f in folders]
         self.existed: Dict[str, bool] = {f: osp.exists(f) for f in self.folders}
         self.archives: Dict[str, List[str]] = {f: self._archives(f) for f in self.folders}
+        # parents such as tb_logger/ that this run creates go again too (when left empty)
+        self.new_parents = [p for p in {osp.dirname(f) for f in self.folders} if not osp.exists(p)]
         self.kept = False
 
     @staticmethod
@@ -45,3 +47,6 @@ class NewRunFolders:
                 shutil.rmtree(folder, ignore_errors=True)
             if new_archives and not osp.exists(folder):
                 os.rename(new_archives[-1], folder)
+        for parent in self.new_parents:
+            if osp.isdir(parent) and not os.listdir(parent):
+                os.rmdir(parent)
