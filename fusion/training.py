@@ -40,7 +40,7 @@ from torch.utils.data import Dataset, Sampler
 
 from fusion.utils.compat import load_resume_state
 from fusion.utils.option_parser import parse_options
-from fusion.utils.option_schema import Required, declare_options
+from fusion.utils.option_schema import Required, declare_check, declare_options
 from fusion.utils.options_util import check_option_paths, check_run_folders, resolve_relative_paths
 from fusion.utils.rng_util import restore_rng_state
 from fusion.utils.run_dirs import NewRunFolders
@@ -57,6 +57,18 @@ declare_options({
                'wandb': {'project': 'str', 'resume_id': 'str', 'entity': 'str'}},
     'path': {'ignore_resume_networks': 'str|list'},
 }, phase='train')
+
+
+def _check_dataset_phases(opt: dict):
+    bad = [p for p in (opt.get('datasets') or {}) if p != 'train' and p.split('_')[0] != 'val']
+    if bad:
+        return f'datasets.{bad[0]}: unknown dataset phase (use train, val, val_1, ...)'
+    if 'train' not in (opt.get('datasets') or {}):
+        return 'datasets.train: required option is missing (the training data)'
+    return None
+
+
+declare_check(_check_dataset_phases, phase='train')
 
 
 def sample_seed(seed: int, epoch: int, rank: int, position: int) -> int:
@@ -334,7 +346,8 @@ def train_pipeline(root_path: str) -> None:
     check_option_paths(opt)
     check_run_folders(opt)
     # a run that fails before its first iteration leaves no experiment / tb_logger folder behind
-    folders = NewRunFolders([opt['path']['experiments_root'], osp.join(root_path, 'tb_logger', opt['name'])])
+    folders = NewRunFolders([opt['path']['experiments_root'], osp.join(root_path, 'tb_logger', opt['name'])]
+                            if opt['rank'] == 0 else [])  # rank 0 creates them
     try:
         run_training(opt, args.opt, on_start=folders.keep)
     except BaseException:

@@ -84,6 +84,26 @@ def test_unregistered_types_list_the_closest_names(train_opt):
         assert expected in msg and f'did you mean {close}' in msg, msg
 
 
+def test_run_folder_may_not_hold_inputs(tmp_path):
+    from fusion.utils.options_util import check_run_folders
+    run = tmp_path / 'results' / 'x'
+    opt = {'datasets': {'test_1': {'dataroot_ir': str(tmp_path / 'ir')}},
+           'path': {'results_root': str(run), 'pretrain_network_g': str(run / 'net_g.pth')}}
+    with pytest.raises(ValueError, match='path.results_root .* holds the input path.pretrain_network_g'):
+        check_run_folders(opt)
+    opt['path']['pretrain_network_g'] = str(tmp_path / 'net_g.pth')
+    check_run_folders(opt)
+    opt['datasets']['test_1']['dataroot_ir'] = str(run / 'visualization')
+    with pytest.raises(ValueError, match='holds the input datasets.test_1.dataroot_ir'):
+        check_run_folders(opt)
+
+
+def test_training_dataset_phases(train_opt):
+    opt = copy.deepcopy(train_opt)
+    opt['datasets']['vall'] = opt['datasets'].pop('val')
+    assert 'datasets.vall: unknown dataset phase' in _errors(opt)
+
+
 def test_missing_required_keys(train_opt):
     opt = copy.deepcopy(train_opt)
     del opt['network_t']['type']

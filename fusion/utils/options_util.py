@@ -68,4 +68,9 @@ def check_run_folders(opt: dict) -> None:
     from fusion.utils.file_util import check_output_location
     root_key = 'experiments_root' if opt['path'].get('experiments_root') else 'results_root'
     out = opt['path'][root_key]
-    check_output_location(out, input_folders(opt), what=f'path.{root_key}', nested_inputs=True)
+    inputs = input_folders(opt)
+    if not opt.get('auto_resume') and not opt['path'].get('resume_state'):
+        # a new run moves an existing run folder aside: a checkpoint inside it would go with it
+        inputs += [(f'path.{k}', v) for k, v in opt['path'].items()
+                   if k.startswith('pretrain_network_') and isinstance(v, str) and v]
+    check_output_location(out, inputs, what=f'path.{root_key}', nested_inputs=True)
