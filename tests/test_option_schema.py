@@ -132,6 +132,9 @@ def test_numbers_written_as_strings_are_converted_and_words_are_errors(train_opt
     assert "train.ema_decay: expected a number, got 'high'" in msg
     assert "val.save_img: expected true/false, got 'yes please'" in msg
     opt = copy.deepcopy(train_opt)
+    opt['num_gpu'] = 'autoo'
+    assert "num_gpu: expected auto or a number of GPUs (0: CPU), got 'autoo'" in _errors(opt)
+    opt = copy.deepcopy(train_opt)
     opt['train']['nonfinite_loss'] = 'skp'
     assert "train.nonfinite_loss: must be one of 'raise' | 'skip', got 'skp' (did you mean skip?)" in _errors(opt)
 

@@ -26,8 +26,8 @@ from typing import Any, Tuple
 import torch
 import yaml
 
-from fusion.utils.option_schema import (Choice, Component, DictOf, OptionError, Required, declare_options,
-                                        validate_options)
+from fusion.utils.option_schema import (Choice, Component, DictOf, OptionError, Required, declare_check,
+                                        declare_options, validate_options)
 
 
 # the keys basicsr's parse_options, build_dataloader and train loop read (the framework's own)
@@ -53,6 +53,16 @@ declare_options({
     'val': {'metrics': DictOf(Component('metric'))},
     'logger': {},
 })
+
+
+def _check_num_gpu(opt: dict):
+    value = opt.get('num_gpu', 'auto')
+    if value is None or value == 'auto' or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return None
+    return f'num_gpu: expected auto or a number of GPUs (0: CPU), got {value!r}'
+
+
+declare_check(_check_num_gpu)
 
 
 def read_option_file(path: str) -> dict:
