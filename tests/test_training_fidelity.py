@@ -71,6 +71,9 @@ def test_contrastive_loss_gets_the_true_binary_masks(tmp_path):
     model.feed_data(data)
     model.optimize_parameters(1)  # a student step
     assert torch.equal(seen['masks'][0], data['vis_masks']) and torch.equal(seen['masks'][1], data['ir_masks'])
+    model.cri_contrastive.binarize_masks = False  # faithful: the official masked-intensity weights
+    model.optimize_parameters(3)
+    assert torch.equal(seen['masks'][0], data['vis_patches']) and torch.equal(seen['masks'][1], data['ir_patches'])
 
 
 def test_skipped_nonfinite_steps_still_advance_the_schedules(tmp_path):

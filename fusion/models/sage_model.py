@@ -472,8 +472,13 @@ class SAGEModel(FusionBaseModel):
         if weight != 0:
             terms = dict(self.cri_context.components(fused, self.vis_y, self.ir, ref))
             if self.cri_contrastive is not None:
-                parts = self.cri_contrastive.components(fused, ref, self.vis_y, self.ir, self.vis_masks,
-                                                        self.ir_masks)
+                # binary weights from the true masks; a loss that weighs with the masked intensities
+                # (faithful: true, the official behaviour) gets the patches
+                if getattr(self.cri_contrastive, 'binarize_masks', True):
+                    vis_w, ir_w = self.vis_masks, self.ir_masks
+                else:
+                    vis_w, ir_w = self.vis_patches, self.ir_patches
+                parts = self.cri_contrastive.components(fused, ref, self.vis_y, self.ir, vis_w, ir_w)
                 terms.update((f'cs_{k}', v) for k, v in parts.items())
             for k, v in terms.items():
                 v = weight * v if weight != 1 else v
