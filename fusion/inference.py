@@ -10,6 +10,7 @@ from tqdm import tqdm
 from fusion.archs.sage_student_arch import SAGEStudent
 from fusion.inferencer import FusionInferencer
 from fusion.utils.checkpoint_util import extract_state_dict, load_checkpoint_file
+from fusion.utils.file_util import check_output_location
 from fusion.utils.img_util import fused_to_image, imwrite_atomic, list_pairs, read_pair
 
 
@@ -22,17 +23,19 @@ def resolve_device(device: Union[str, torch.device] = 'auto') -> torch.device:
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     device = torch.device(device)
     if device.type == 'cuda' and not torch.cuda.is_available():
-        raise RuntimeError('device "cuda" was asked for, but no CUDA GPU is available (use --device cpu)')
+        raise ValueError('--device: "cuda" was asked for, but no CUDA GPU is available (use --device cpu)')
     return device
 
 
 def load_student(model_path: Optional[str] = None, device: Union[str, torch.device] = 'cpu',
-                 param_key: str = 'params', dim: int = 32) -> SAGEStudent:
+                 param_key: Optional[str] = None, dim: int = 32) -> SAGEStudent:
     """SAGEStudent in eval mode with weights from ``model_path`` (released plain state dict or
-    our ``{'params', 'params_ema'}`` checkpoints)."""
+    our ``{'params', 'params_ema'}`` checkpoints). ``param_key`` None: ``params`` or the plain
+    state dict; given: it must be in the checkpoint (else an error listing the keys it has)."""
     model_path = model_path or DEFAULT_MODEL
     net = SAGEStudent(dim=dim)
-    state = extract_state_dict(load_checkpoint_file(model_path), param_key, model_path)
+    state = extract_state_dict(load_checkpoint_file(model_path), param_key or 'params', model_path,
+                               required=param_key is not None)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -51,6 +54,7 @@ def fuse_folders(ir_dir: str, vis_dir: str, output_dir: str, net: torch.nn.Modul
     atomically. ``tile_overlap`` None: the network's default (see :class:`FusionInferencer`).
     Returns the written paths.
     """
+    check_output_location(output_dir, [('--ir', ir_dir), ('--vis', vis_dir)], what='--output')
     pairs = list_pairs(ir_dir, vis_dir)
     device = next(net.parameters()).device
     runner = FusionInferencer(net, device, fast=fast, max_batch=batch_size, tile_size=tile_size,

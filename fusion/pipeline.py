@@ -15,10 +15,16 @@ import yaml
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
 from basicsr.utils import get_env_info, get_root_logger, get_time_str, make_exp_dirs
-from basicsr.utils.options import dict2str, ordered_yaml, parse_options
+from basicsr.utils.options import dict2str, ordered_yaml
 
 import fusion  # noqa: F401  (fixes + registries)
-from fusion.utils.options_util import check_option_paths, resolve_relative_paths
+from fusion.utils.option_parser import parse_options
+from fusion.utils.option_schema import declare_options
+from fusion.utils.options_util import check_option_paths, check_run_folders, resolve_relative_paths
+
+
+# the options this pipeline reads (fusion.utils.option_schema; docs/options.md)
+declare_options({'path': {'results_root': 'str'}, 'val': {'save_img': 'bool'}}, phase='test')
 
 
 def _requested_results_root(opt_path: str):
@@ -37,6 +43,7 @@ def test_pipeline(root_path: str) -> None:
                            visualization=osp.join(results_root, 'visualization'))
     resolve_relative_paths(opt, root_path)
     check_option_paths(opt)
+    check_run_folders(opt)
     torch.backends.cudnn.benchmark = True
 
     make_exp_dirs(opt)

@@ -14,4 +14,4 @@ from fusion.utils.cli import run_cli  # noqa: E402
 
 if __name__ == '__main__':
     # bad input (missing files, unreadable images, wrong options) ends with one clear line
-    run_cli(lambda: test_pipeline(ROOT))
+    run_cli(lambda: test_pipeline(ROOT), strip_debug=False)

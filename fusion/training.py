@@ -35,15 +35,40 @@ from basicsr.models import build_model
 from basicsr.train import init_tb_loggers
 from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, make_exp_dirs,
                            mkdir_and_rename)
-from basicsr.utils.options import copy_opt_file, dict2str, parse_options
+from basicsr.utils.options import copy_opt_file, dict2str
 from torch.utils.data import Dataset, Sampler
 
 from fusion.utils.compat import load_resume_state
-from fusion.utils.options_util import check_option_paths, resolve_relative_paths
+from fusion.utils.option_parser import parse_options
+from fusion.utils.option_schema import Required, declare_check, declare_options
+from fusion.utils.options_util import check_option_paths, check_run_folders, resolve_relative_paths
 from fusion.utils.rng_util import restore_rng_state
+from fusion.utils.run_dirs import NewRunFolders
 
 
 __all__ = ['train_pipeline', 'run_training', 'SeededSamples', 'ResumableSampler', 'sample_seed']
+
+# the options this loop reads (fusion.utils.option_schema; docs/options.md)
+declare_options({
+    'num_threads': 'int',
+    'train': Required({'total_iter': Required('int'), 'stop_at_iter': 'int', 'deterministic': 'bool'}),
+    'val': {'val_freq': 'int', 'save_img': 'bool'},
+    'logger': {'print_freq': 'int', 'save_checkpoint_freq': 'int', 'image_freq': 'int', 'use_tb_logger': 'bool',
+               'wandb': {'project': 'str', 'resume_id': 'str', 'entity': 'str'}},
+    'path': {'ignore_resume_networks': 'str|list'},
+}, phase='train')
+
+
+def _check_dataset_phases(opt: dict):
+    bad = [p for p in (opt.get('datasets') or {}) if p != 'train' and p.split('_')[0] != 'val']
+    if bad:
+        return f'datasets.{bad[0]}: unknown dataset phase (use train, val, val_1, ...)'
+    if 'train' not in (opt.get('datasets') or {}):
+        return 'datasets.train: required option is missing (the training data)'
+    return None
+
+
+declare_check(_check_dataset_phases, phase='train')
 
 
 def sample_seed(seed: int, epoch: int, rank: int, position: int) -> int:
@@ -190,8 +215,9 @@ def _validate(model, val_loaders: List, opt: dict, current_iter: int, tb_logger)
         model.validation(val_loader, current_iter, tb_logger, opt['val'].get('save_img', True))
 
 
-def run_training(opt: dict, opt_path: str) -> Optional[object]:
-    """Trains from parsed options (``opt['root_path']`` set). Returns the model."""
+def run_training(opt: dict, opt_path: str, on_start=None) -> Optional[object]:
+    """Trains from parsed options (``opt['root_path']`` set). Returns the model. ``on_start()`` is
+    called once everything is built, just before the first iteration."""
     resume_state = load_resume_state(opt)
     if resume_state is None:
         make_exp_dirs(opt)
@@ -252,6 +278,8 @@ def run_training(opt: dict, opt_path: str) -> Optional[object]:
         restore_rng_state(model.resumed_rng)
 
     logger.info(f'Start training from iter {current_iter} to {total_iter}.')
+    if on_start is not None:
+        on_start()
     data_timer, iter_timer = AvgTimer(), AvgTimer()
     start_time = time.time()
     last_saved = last_validated = None
@@ -316,4 +344,12 @@ def train_pipeline(root_path: str) -> None:
     opt['root_path'] = root_path
     resolve_relative_paths(opt, root_path)
     check_option_paths(opt)
-    run_training(opt, args.opt)
+    check_run_folders(opt)
+    # a run that fails before its first iteration leaves no experiment / tb_logger folder behind
+    folders = NewRunFolders([opt['path']['experiments_root'], osp.join(root_path, 'tb_logger', opt['name'])]
+                            if opt['rank'] == 0 else [])  # rank 0 creates them
+    try:
+        run_training(opt, args.opt, on_start=folders.keep)
+    except BaseException:
+        folders.discard()
+        raise

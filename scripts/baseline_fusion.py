@@ -17,7 +17,8 @@ from tqdm import tqdm
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
 from fusion.metrics.baselines import BASELINES  # noqa: E402
-from fusion.utils.cli import add_pair_arguments  # noqa: E402
+from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
+from fusion.utils.file_util import check_output_location  # noqa: E402
 from fusion.utils.img_util import ImageReadError, check_same_size, imwrite_atomic, list_pairs, read_gray  # noqa: E402
 
 
@@ -29,6 +30,7 @@ def main(argv=None) -> int:
                         help='baselines to write (default: both)')
     args = parser.parse_args(argv)
     try:
+        check_output_location(args.out, [('--ir', args.ir), ('--vis', args.vis)], what='--out')
         pairs = list_pairs(args.ir, args.vis)
         for pair in tqdm(pairs, desc='baselines', unit='img'):
             ir, vis = read_gray(pair['ir_path']), read_gray(pair['vis_path'])
@@ -43,4 +45,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_cli(main, exit_code=1)

@@ -19,6 +19,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from fusion.data.lmdb_images import create_image_lmdbs  # noqa: E402
 from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
+from fusion.utils.file_util import check_output_location  # noqa: E402
 
 
 def main() -> None:
@@ -29,6 +30,8 @@ def main() -> None:
     p.add_argument('--overwrite', action='store_true')
     p.add_argument('--quiet', action='store_true')
     args = p.parse_args()
+    check_output_location(args.out, [('--ir', args.ir), ('--vis', args.vis), ('--label', args.label or '')],
+                          what='--out')
     summary = create_image_lmdbs(args.ir, args.vis, args.out, label_dir=args.label, workers=args.workers,
                                  overwrite=args.overwrite, progress=not args.quiet)
     print(json.dumps(summary, indent=1))

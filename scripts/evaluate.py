@@ -23,7 +23,8 @@ from fusion.metrics.baselines import BASELINES  # noqa: E402
 from fusion.metrics.evaluation import comparison_grid, evaluate_folders, format_table, write_outputs  # noqa: E402
 from fusion.metrics.fusion_metrics import ALL_METRICS, DEFAULT_METRICS  # noqa: E402
 from fusion.metrics.metric_util import keep_freed_memory  # noqa: E402
-from fusion.utils.cli import add_pair_arguments  # noqa: E402
+from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
+from fusion.utils.file_util import check_output_location  # noqa: E402
 from fusion.utils.img_util import ImageReadError, imwrite_atomic  # noqa: E402
 
 
@@ -72,6 +73,8 @@ def main(argv=None) -> int:
 
     try:
         methods = _parse_methods(args.fused)
+        check_output_location(args.out, [('--ir', args.ir), ('--vis', args.vis)]
+                              + [(f'--fused {name}', folder) for name, folder in methods.items()], what='--out')
         metrics = _parse_metric_list(args.metrics) or list(DEFAULT_METRICS)
         skip = set(_parse_metric_list(args.skip) or [])
         unknown = sorted(skip - set(ALL_METRICS))
@@ -104,4 +107,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_cli(main)

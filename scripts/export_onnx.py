@@ -38,6 +38,8 @@ import torch  # noqa: E402
 import fusion  # noqa: E402,F401  (basicsr fixes + registries)
 from fusion.inference import DEFAULT_MODEL, load_student  # noqa: E402
 from fusion.onnx_export import ONNX_MODES, export_student_onnx  # noqa: E402
+from fusion.utils.cli import run_cli  # noqa: E402
+from fusion.utils.file_util import check_output_location  # noqa: E402
 from fusion.utils.img_util import ImageReadError, fused_to_image, read_image, read_ir, read_vis_ycrcb  # noqa: E402
 
 
@@ -92,6 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--check-ir', default=SAMPLE_IR, help='infrared image for --check')
     args = parser.parse_args(argv)
     try:
+        check_output_location(args.output, [('--checkpoint', args.checkpoint)], what='--output', is_file=True)
         student = load_student(args.checkpoint)
         export_student_onnx(student, args.output, mode=args.mode, opset=args.opset)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
@@ -114,4 +117,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_cli(main, exit_code=1)

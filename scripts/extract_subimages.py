@@ -20,6 +20,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from fusion.data.subimages import extract_subimages  # noqa: E402
 from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
+from fusion.utils.file_util import check_output_location  # noqa: E402
 
 
 def main() -> None:
@@ -33,6 +34,8 @@ def main() -> None:
     p.add_argument('--workers', type=int, default=0, help='processes (0: in this process)')
     p.add_argument('--quiet', action='store_true')
     args = p.parse_args()
+    check_output_location(args.out, [('--ir', args.ir), ('--vis', args.vis), ('--label', args.label or ''),
+                                     ('--mask-cache', args.mask_cache or '')], what='--out')
     summary = extract_subimages(args.ir, args.vis, args.out, args.crop_size, args.step, args.thresh_size,
                                 label_dir=args.label, mask_cache=args.mask_cache, workers=args.workers,
                                 progress=not args.quiet)

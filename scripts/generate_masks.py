@@ -40,9 +40,12 @@ def parse_sets(items, flag):
     out = {}
     for item in items or []:
         if '=' not in item:
-            raise SystemExit(f'{flag} expects KEY=VALUE, got {item!r}')
+            raise ValueError(f'{flag} expects KEY=VALUE, got {item!r}')
         key, value = item.split('=', 1)
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f'{flag} {item}: cannot read the value {value!r}') from err
     return out
 
 
@@ -78,7 +81,7 @@ def main() -> None:
             source_opt['checkpoint'] = args.checkpoint
         source_opt.update({f: getattr(args, f) for f in SAM_FLAGS if getattr(args, f) is not None})
     elif args.checkpoint or any(getattr(args, f) is not None for f in SAM_FLAGS):
-        raise SystemExit('--checkpoint and the SAM flags only apply to --source sam')
+        raise ValueError('--checkpoint and the SAM flags only apply to --source sam')
     source_opt.update(parse_sets(args.set, '--set'))
     summary = generate_mask_cache(
         args.ir, args.vis, args.out, source_opt, label_dir=args.label, max_masks=args.max_masks,

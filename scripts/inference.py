@@ -14,8 +14,7 @@ import sys
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
 from fusion.inference import DEFAULT_MODEL, fuse_folders, load_student  # noqa: E402
-from fusion.utils.cli import add_pair_arguments  # noqa: E402
-from fusion.utils.img_util import ImageReadError  # noqa: E402
+from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -23,7 +22,9 @@ def main(argv=None) -> int:
     add_pair_arguments(parser)
     parser.add_argument('--output', required=True, help='folder for the fused images')
     parser.add_argument('--model', default=DEFAULT_MODEL, help='student checkpoint (default: the released one)')
-    parser.add_argument('--param-key', default='params', help='params | params_ema for our checkpoints')
+    parser.add_argument('--param-key', default=None,
+                        help='params | params_ema for our checkpoints (default: params, or the plain state dict); '
+                             'a key the checkpoint lacks is an error')
     parser.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
     parser.add_argument('--ext', default='png', help='output format: png (default), jpg, bmp, tif')
     parser.add_argument('--plain', action='store_true', help='plain eval-mode network instead of the fast path')
@@ -33,16 +34,12 @@ def main(argv=None) -> int:
                         help='overlap of neighbouring tiles (default: 3 x the network\'s tile margin, 96 for the '
                              'SAGE student: equal to untiled within 1e-6)')
     args = parser.parse_args(argv)
-    try:
-        net = load_student(args.model, args.device, param_key=args.param_key)
-        written = fuse_folders(args.ir, args.vis, args.output, net, ext=args.ext, fast=not args.plain,
-                               batch_size=args.batch_size, tile_size=args.tile, tile_overlap=args.tile_overlap)
-    except (ImageReadError, FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
+    net = load_student(args.model, args.device, param_key=args.param_key)
+    written = fuse_folders(args.ir, args.vis, args.output, net, ext=args.ext, fast=not args.plain,
+                           batch_size=args.batch_size, tile_size=args.tile, tile_overlap=args.tile_overlap)
     print(f'{len(written)} fused images written to {args.output}')
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_cli(main, exit_code=1)  # bad input: one `error:` line naming the file or option

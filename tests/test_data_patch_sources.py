@@ -60,11 +60,12 @@ def test_select_largest_sorts_and_drops_empty():
 
 
 def test_label_source_gives_label_regions(pairs):
-    source = build_patch_source({'type': 'label'})
+    # ignore_ids [255]: class 0 forms regions too, so the regions tile the label
+    source = build_patch_source({'type': 'label', 'ignore_ids': [255]})
     inp = _input(pairs[0], source)
     ir_masks, vis_masks = source.generate(inp)
     label = inp.label
-    assert len(ir_masks) == len(vis_masks) > 0
+    assert (label == 0).any() and len(ir_masks) == len(vis_masks) > 0
     for a, b in zip(ir_masks, vis_masks):
         np.testing.assert_array_equal(a, b)
         assert len(np.unique(label[a])) == 1  # one class per region
@@ -79,6 +80,16 @@ def test_label_source_gives_label_regions(pairs):
     assert len(per_class) == len(np.unique(label)) - 1
     with pytest.raises(ValueError, match='needs labels'):
         source.generate(MaskInput('x', (4, 4)))
+
+
+def test_label_source_leaves_out_the_unlabelled_class_by_default(pairs):
+    source = build_patch_source({'type': 'label'})
+    inp = _input(pairs[0], source)
+    masks = source.generate(inp)[0]
+    label = inp.label
+    assert (label == 0).any() and masks
+    assert not any((label[m] == 0).any() for m in masks)  # no region of class 0 (the background)
+    assert (np.sum(masks, axis=0) == (label != 0) & (label != 255)).all()  # every other pixel in one region
 
 
 def test_random_crop_source_is_deterministic_rectangles():

@@ -40,6 +40,10 @@ def test_registered_arch_runs_in_fusion_model(tmp_path):
     opt = {'name': 't', 'model_type': 'FusionModel', 'num_gpu': 0, 'is_train': False, 'dist': False,
            'network_g': {'type': 'MeanResidualStudent', 'dim': 8},
            'path': {'pretrain_network_g': str(ckpt), 'param_key_g': 'params_ema', 'strict_load_g': True}}
+    # an explicit param_key_g the checkpoint lacks is an error listing the keys it has
+    with pytest.raises(ValueError, match='no "params_ema" weights in this checkpoint; it has params'):
+        MODEL_REGISTRY.get('FusionModel')(opt)
+    opt['path']['param_key_g'] = 'params'
     model = MODEL_REGISTRY.get('FusionModel')(opt)
     vis, ir = torch.rand(1, 1, 20, 30), torch.rand(1, 1, 20, 30)
     with torch.no_grad():

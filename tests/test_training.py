@@ -68,7 +68,8 @@ def _train_options(name: str) -> dict:
         'path': {'resume_state': None},
         'train': {
             'total_iter': 7, 'teacher_pretrain_iter': 2, 'ema_decay': 0.5, 'stop_at_iter': None,
-            'optim_t': {'type': 'Adam', 'lr': 5e-4}, 'optim_g': {'type': 'Adam', 'lr': 2e-3},
+            # '2e-3': what PyYAML reads from `lr: 2e-3` (a string); the option validator makes it a number
+            'optim_t': {'type': 'Adam', 'lr': 5e-4}, 'optim_g': {'type': 'Adam', 'lr': '2e-3'},
             'optim_seg': {'type': 'Adam', 'lr': 1e-3},
             'scheduler': {'type': 'CosineAnnealingLR', 'eta_min': 1e-5},
             'teacher_fusion_opt': {'type': 'SAGEContextLoss', 'intensity_weight': 1, 'gradient_weight': 1,
@@ -139,6 +140,7 @@ def test_training_runs_exactly_total_iter_and_saves_everything(runs):
     assert len(state['optimizers']) == 3 and len(state['schedulers']) == 3
     lrs = [group['lr'] for o in state['optimizers'] for group in o['param_groups']]
     assert lrs == pytest.approx([1e-5, 1e-5, 1e-5])  # every network annealed to eta_min in its own steps
+    assert state['optimizers'][1]['param_groups'][0]['initial_lr'] == 2e-3  # the string '2e-3' became a float
     g = _state(osp.join(exp, 'models', 'net_g_7.pth'))
     assert set(g) == {'params', 'params_ema'}
     for it in (3, 6, 7):

@@ -22,6 +22,14 @@ def conv_bn_act(in_ch: int, out_ch: int, kernel_size: int = 3, slope: float = 0.
             nn.BatchNorm2d(out_ch), nn.LeakyReLU(slope)]
 
 
+def pad_to_min_size(tensors: Tuple[torch.Tensor, ...], min_size: int) -> Tuple[torch.Tensor, ...]:
+    """Pads N x C x H x W tensors at the bottom/right (edge values repeated) to at least
+    ``min_size`` px per side, so networks that pool work on images of any size (even 1 x 1)."""
+    h, w = tensors[0].shape[-2:]
+    pad = (0, max(0, min_size - w), 0, max(0, min_size - h))
+    return tuple(F.pad(t, pad, mode='replicate') for t in tensors)
+
+
 def conv_block(in_ch: int, dim: int, depth: int = 3) -> nn.Sequential:
     """``depth`` x [conv3x3, BN, LeakyReLU]; indices .0/.3/.6 conv, .1/.4/.7 BN as in the release."""
     layers = conv_bn_act(in_ch, dim)
@@ -68,6 +76,11 @@ class SAGEStudent(nn.Module):
         self.final_decoder = nn.Sequential(nn.Conv2d(dim, 1, 3, padding=1), nn.Tanh())
 
     def forward(self, vis_y: torch.Tensor, ir: torch.Tensor) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        h, w = vis_y.shape[-2:]
+        if h < self.size_multiple or w < self.size_multiple:
+            # the two 2x poolings need 4 px per side: tiny images are padded and cropped back
+            fused, feats = self.forward(*pad_to_min_size((vis_y, ir), self.size_multiple))
+            return fused[..., :h, :w], feats
         x1 = self.module1(torch.cat([vis_y, ir], dim=1))
         x2 = self.module2(self.downsample1(x1))
         x3 = self.module3(self.downsample2(x2))

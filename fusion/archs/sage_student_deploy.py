@@ -223,6 +223,10 @@ class FastSAGEStudent(nn.Module):
         tile's own when full_h or full_w is not a multiple of 4 (the pooled sizes round down), so
         tiles reproduce the untiled result for every image size (see :class:`fusion.inferencer.FusionInferencer`).
         """
+        h, w = vis_y.shape[-2:]
+        if window is None and (h < 4 or w < 4):  # tiny images: padded to the pooling's minimum, cropped back
+            from fusion.archs.sage_student_arch import pad_to_min_size
+            return self.forward(*pad_to_min_size((vis_y, ir), 4))[..., :h, :w]
         # activations follow the weights' memory format (set with .to(memory_format=...) by
         # FusionInferencer per device): mixed formats would make every conv reorder its input
         weight = self.module1[0].weight

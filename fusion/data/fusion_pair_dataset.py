@@ -9,6 +9,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data as data
 
 from fusion.utils.img_util import list_pairs, read_pair
+from fusion.utils.option_schema import Choice, Required
 
 
 @DATASET_REGISTRY.register()
@@ -16,6 +17,9 @@ class FusionPairDataset(data.Dataset):
     """Options: ``dataroot_ir``, ``dataroot_vis`` (files paired by base name; extensions may
     differ). Each item: ``name``, ``ir`` (1xHxW), ``vis_y``, ``vis_cr``, ``vis_cb`` (1xHxW, in
     [0, 1]), ``vis_is_gray``, ``ir_path``, ``vis_path``."""
+
+    OPTIONS = {'dataroot_ir': Required('str'), 'dataroot_vis': Required('str'), 'io_backend': {'type': Choice('disk')},
+               'phase': 'str'}
 
     def __init__(self, opt: dict) -> None:
         super().__init__()

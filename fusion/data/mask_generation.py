@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os.path as osp
+import shutil
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from tqdm import tqdm
@@ -17,6 +19,7 @@ from tqdm import tqdm
 from fusion.data.mask_cache import MaskCacheError, MaskCacheWriter, encode_entry, entry_summary, make_meta
 from fusion.data.patch_sources import MaskInput, PatchSource, build_patch_source, select_largest
 from fusion.data.sample_io import check_label, gray_to_rgb_uint8, image_fingerprint, raw_to_rgb_uint8, read_label
+from fusion.utils.file_util import check_output_location
 from fusion.utils.img_util import list_pairs, read_image, read_pair
 
 
@@ -72,6 +75,7 @@ def generate_mask_cache(ir_dir: str, vis_dir: str, out: str, source_opt: Dict[st
     """
     if max_masks < 1:
         raise ValueError(f'max_masks must be >= 1, got {max_masks}')
+    check_output_location(out, [('--ir', ir_dir), ('--vis', vis_dir), ('--label', label_dir or '')], what='--out')
     pairs = list_pairs(ir_dir, vis_dir, extra_dirs=[('label', label_dir)] if label_dir else None)
     if names is not None:
         wanted = set(names)
@@ -88,6 +92,21 @@ def generate_mask_cache(ir_dir: str, vis_dir: str, out: str, source_opt: Dict[st
     logger.info(f'mask source: {used}')
     summary = {'cache': out, 'source': source.type_name, 'fallback': source.fallback, 'pairs': len(pairs),
                'generated': 0, 'skipped': 0, 'fewer_than_max': 0, 'without_masks': 0}
+    created = not osp.exists(out)
+    try:
+        _fill_cache(out, meta, overwrite, pairs, source, max_masks, verify_existing, workers, progress, summary)
+    except BaseException:
+        if created and summary['generated'] == 0 and osp.isdir(out):
+            shutil.rmtree(out, ignore_errors=True)  # a failed first run leaves no empty cache behind
+        raise
+    if summary['without_masks']:
+        logger.warning(f'{summary["without_masks"]} image(s) got no mask in at least one modality; '
+                       'the dataset pads them as its `missing_masks` option says')
+    return summary
+
+
+def _fill_cache(out: str, meta: Dict[str, Any], overwrite: bool, pairs: List[Dict[str, str]], source,
+                max_masks: int, verify_existing: bool, workers: int, progress: bool, summary: Dict[str, Any]) -> None:
     with MaskCacheWriter(out, meta, overwrite=overwrite) as writer:
         done = set(writer.names())
         todo: List[Dict[str, str]] = []
@@ -120,7 +139,3 @@ def generate_mask_cache(ir_dir: str, vis_dir: str, out: str, source_opt: Dict[st
         else:
             consume(make_entry(p, source, max_masks) for p in todo)
         bar.close()
-    if summary['without_masks']:
-        logger.warning(f'{summary["without_masks"]} image(s) got no mask in at least one modality; '
-                       'the dataset pads them as its `missing_masks` option says')
-    return summary

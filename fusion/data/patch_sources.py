@@ -219,13 +219,15 @@ class SAMPatchSource(PatchSource):
 class LabelPatchSource(PatchSource):
     """Regions of the segmentation label, identical for both modalities.
 
-    Options: ``ignore_ids`` (label values that form no region, default [255]), ``connected``
+    Options: ``ignore_ids`` (label values that form no region, default [0, 255]: the unlabelled
+    class 0 of MFNet/FMB-style labels, whose largest "region" is the background, and the usual
+    ignore index; ``[255]`` keeps class 0 as regions), ``connected``
     (true: each connected component of a class is its own region; false: one region per class),
     ``min_area`` (smaller regions are dropped).
     """
     needs = ('label',)
 
-    def __init__(self, ignore_ids: Sequence[int] = (255, ), connected: bool = True, min_area: int = 1) -> None:
+    def __init__(self, ignore_ids: Sequence[int] = (0, 255), connected: bool = True, min_area: int = 1) -> None:
         self.ignore_ids = sorted(int(v) for v in ignore_ids)
         self.connected = bool(connected)
         self.min_area = int(min_area)

@@ -15,6 +15,7 @@ from fusion.data.mask_cache import MaskCache, MaskCacheError, decode_entry, enco
 from fusion.data.patch_sources import MaskInput, build_patch_source, select_largest
 from fusion.data.sample_io import PairBackend, gray_to_rgb_uint8, image_fingerprint, ycrcb_to_rgb_uint8
 from fusion.utils.img_util import ImageReadError
+from fusion.utils.option_schema import Choice, Component, Required
 
 
 logger = logging.getLogger('basicsr')
@@ -42,7 +43,8 @@ class SAGEFusionDataset(data.Dataset):
         phase: 'train' (random crop + flip) or anything else (full image).
 
     Sample: name, ir, vis_y, vis_cr, vis_cb (1 x H x W float [0, 1]), label (H x W int64),
-    ir_patches, vis_patches (mask_num x H x W float), ir_path, vis_path, vis_is_gray.
+    ir_patches, vis_patches (mask_num x H x W float), ir_masks, vis_masks (the binary masks of the
+    patches, mask_num x H x W float {0, 1}), ir_path, vis_path, vis_is_gray.
 
     Randomness: every sample draws from its own ``numpy.random.Generator`` seeded with
     (seed, epoch, worker id, draw counter, index); nothing touches the global RNGs. Runs with the
@@ -50,6 +52,17 @@ class SAGEFusionDataset(data.Dataset):
     ``sampler.set_epoch``) resets the counter, so a resumed epoch replays exactly;
     ``set_sample_seed(s)`` seeds the next sample alone from ``s``.
     """
+
+    # the keys read here (fusion.utils.option_schema; docs/options.md); basicsr adds ``phase``
+    OPTIONS = {
+        'dataroot_ir': Required('str'), 'dataroot_vis': Required('str'), 'dataroot_label': 'str',
+        'io_backend': {'type': Choice('disk', 'lmdb')}, 'mask_cache': 'str',
+        'patch_source': Component('patch_source', default_type='sam'), 'mask_num': 'int',
+        'patch_mode': Choice(*PATCH_MODES), 'missing_masks': Choice(*MISSING_MASK_MODES), 'pair_masks': 'bool',
+        'verify_mask_cache': 'bool', 'gt_size': 'int|list', 'use_hflip': 'bool', 'seed': 'int',
+        'ignore_index': 'int', 'num_classes': 'int', 'label_map': 'dict', 'crop_to_multiple': 'int',
+        'min_size': 'int', 'phase': 'str',
+    }
 
     def __init__(self, opt: Dict[str, Any]) -> None:
         super().__init__()
@@ -235,19 +248,23 @@ class SAGEFusionDataset(data.Dataset):
 
     def _augment(self, planes: np.ndarray, label: np.ndarray, masks: np.ndarray,
                  rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Same resize / crop / flip for images (C x H x W), label (H x W) and masks (n x H x W)."""
+        """Same crop / resize / flip for images (C x H x W), label (H x W) and masks (n x H x W).
+
+        As the official code: a random crop of ``gt_size`` on every side that is long enough; a
+        side shorter than the crop is kept whole, and the crop is then resized to ``gt_size``
+        (so a 150 x 640 image gives a 150 x 256 crop stretched to 192 x 256, not the whole image
+        squashed)."""
         gh, gw = self.gt_size
         h, w = label.shape
-        if h < gh or w < gw:
-            # as the official code: images smaller than the crop are resized to it
+        ch, cw = min(h, gh), min(w, gw)
+        top = int(rng.integers(0, h - ch + 1))
+        left = int(rng.integers(0, w - cw + 1))
+        win = (slice(top, top + ch), slice(left, left + cw))
+        planes, label, masks = planes[:, win[0], win[1]], label[win], masks[:, win[0], win[1]]
+        if (ch, cw) != (gh, gw):
             planes = _resize(planes, (gh, gw), cv2.INTER_LINEAR)
             label = _resize(label[None], (gh, gw), cv2.INTER_NEAREST)[0]
             masks = _resize(masks, (gh, gw), cv2.INTER_NEAREST)
-            h, w = gh, gw
-        top = int(rng.integers(0, h - gh + 1))
-        left = int(rng.integers(0, w - gw + 1))
-        win = (slice(top, top + gh), slice(left, left + gw))
-        planes, label, masks = planes[:, win[0], win[1]], label[win], masks[:, win[0], win[1]]
         if self.use_hflip and rng.random() < 0.5:
             planes, label, masks = planes[..., ::-1], label[..., ::-1], masks[..., ::-1]
         return planes, label, masks
@@ -263,6 +280,14 @@ class SAGEFusionDataset(data.Dataset):
             raise ImageReadError(f'{item["ir_path"]}: {w}x{h} is too small (needs >= {self.min_size} px per side after '
                                  f'cropping to a multiple of {m})')
         return planes[:, :nh, :nw], label[:nh, :nw], masks[:, :nh, :nw]
+
+    def _binary_masks(self, masks: np.ndarray, n: int, shape: Tuple[int, int]) -> np.ndarray:
+        """mask_num x H x W {0, 1}: the first ``n`` masks, padded as the patches are (all ones for
+        ``pad_with_image``, zeros for ``pad_with_zeros``)."""
+        out = np.full((self.mask_num, *shape), 0.0 if self.missing_masks == 'pad_with_zeros' else 1.0,
+                      dtype=np.float32)
+        out[:n] = masks[:n] > 0
+        return out
 
     def _patches(self, image: np.ndarray, masks: np.ndarray, n: int, name: str) -> np.ndarray:
         """mask_num x H x W: the first ``n`` masks applied to ``image`` (or the masks themselves),
@@ -305,6 +330,8 @@ class SAGEFusionDataset(data.Dataset):
             'ir': t(planes[0:1]), 'vis_y': t(planes[1:2]), 'vis_cr': t(planes[2:3]), 'vis_cb': t(planes[3:4]),
             'label': t(label.astype(np.int64)),
             'ir_patches': t(ir_p), 'vis_patches': t(vis_p),
+            'ir_masks': t(self._binary_masks(masks[:n_ir], n_ir, label.shape)),
+            'vis_masks': t(self._binary_masks(masks[n_ir:], n_vis, label.shape)),
             'ir_path': item['ir_path'], 'vis_path': item['vis_path'], 'vis_is_gray': vis_is_gray,
         }
 

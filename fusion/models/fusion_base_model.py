@@ -24,6 +24,7 @@ from fusion.inferencer import FusionInferencer
 from fusion.utils.checkpoint_util import extract_state_dict, load_checkpoint_file
 from fusion.utils.file_util import atomic_torch_save
 from fusion.utils.img_util import fused_to_image, imwrite_atomic
+from fusion.utils.option_schema import Choice
 
 
 def _concat_batches(batches: List[dict]) -> dict:
@@ -59,6 +60,13 @@ class FusionBaseModel(BaseModel):
     ``network_<x>`` and loaded from ``path.pretrain_network_<x>`` / ``param_key_<x>`` /
     ``strict_load_<x>``."""
 
+    # the option keys read here (fusion.utils.option_schema merges OPTIONS along the MRO; docs/options.md)
+    OPTIONS = {
+        'val': {'save_img': 'bool', 'save_ext': Choice('png', 'jpg', 'jpeg', 'bmp', 'tif', 'tiff'), 'suffix': 'str|int',
+                'fast_inference': 'bool', 'batch_size': 'int', 'tile_size': 'int', 'tile_overlap': 'int',
+                'pbar': 'bool'},
+    }
+
     # ----------------------------------------------------------------------------- networks
     def build_net(self, suffix: str, wrap: bool = True) -> nn.Module:
         net = build_network(self.opt[f'network_{suffix}'])
@@ -66,8 +74,10 @@ class FusionBaseModel(BaseModel):
         self.print_network(net)
         load_path = self.opt['path'].get(f'pretrain_network_{suffix}')
         if load_path is not None:
-            param_key = self.opt['path'].get(f'param_key_{suffix}', 'params')
-            self.load_network(net, load_path, self.opt['path'].get(f'strict_load_{suffix}', True), param_key)
+            param_key = self.opt['path'].get(f'param_key_{suffix}')
+            # an explicit param_key_<x> must exist in the checkpoint; the default falls back
+            self.load_network(net, load_path, self.opt['path'].get(f'strict_load_{suffix}', True),
+                              param_key or 'params', required=param_key is not None)
         return net
 
     def model_to_device(self, net: nn.Module) -> nn.Module:
@@ -82,17 +92,27 @@ class FusionBaseModel(BaseModel):
             net = DataParallel(net)
         return net
 
-    def load_network(self, net: nn.Module, load_path: str, strict: bool = True, param_key: str = 'params') -> None:
+    def load_network(self, net: nn.Module, load_path: str, strict: bool = True, param_key: str = 'params',
+                     required: bool = False) -> None:
+        """``required``: ``param_key`` must be in the checkpoint (else an error listing its keys)."""
         logger = get_root_logger()
         net = self.get_bare_model(net)
-        state = extract_state_dict(load_checkpoint_file(load_path), param_key, load_path)
+        state = extract_state_dict(load_checkpoint_file(load_path), param_key, load_path, required=required)
         state = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items())
         logger.info(f'Loading {net.__class__.__name__} from {load_path} (param key: {param_key}).')
         self._print_different_keys_loading(net, state, strict)
         try:
             net.load_state_dict(state, strict=strict)
         except RuntimeError as err:
-            raise RuntimeError(f'{load_path}: does not fit {net.__class__.__name__}: {err}') from err
+            # wrong architecture or size: a bad input, one line (the first of torch's message)
+            own = net.state_dict()
+            missing = [k for k in own if k not in state]
+            unexpected = [k for k in state if k not in own]
+            sizes = [f'{k} {tuple(state[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
+                     if k in state and state[k].shape != v.shape]
+            raise ValueError(f'{load_path}: does not fit {net.__class__.__name__} (wrong architecture or size): '
+                             f'{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected '
+                             f'(e.g. {unexpected[:2]}), {len(sizes)} of other size (e.g. {sizes[:1]})') from err
 
     def save_network(self, net, net_label: str, current_iter: int, param_key='params') -> None:
         """basicsr's save_network, written atomically (no truncated .pth after a crash)."""

@@ -6,6 +6,7 @@ import torch
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from fusion.models.fusion_base_model import FusionBaseModel
+from fusion.utils.option_schema import Component, Required
 
 
 @MODEL_REGISTRY.register()
@@ -15,6 +16,8 @@ class FusionModel(FusionBaseModel):
     ``val.fast_inference`` (default true) runs the student through the BN-folded, batched
     inference path; false runs the plain eval-mode network as the official code does.
     """
+
+    OPTIONS = {'network_g': Required(Component('arch')), 'path': {'pretrain_network_g': 'str'}}
 
     def __init__(self, opt: dict) -> None:
         super().__init__(opt)

@@ -21,6 +21,7 @@ official scheduler counted all batches and only annealed halfway: bug 5).
 """
 from __future__ import annotations
 
+import inspect
 import math
 from collections import OrderedDict
 from copy import deepcopy
@@ -36,6 +37,7 @@ from torch import nn
 from fusion.models.fusion_base_model import FusionBaseModel
 from fusion.models.lr_scheduler import CosineToMinLR, build_scheduler
 from fusion.utils.img_util import ycrcb_to_rgb
+from fusion.utils.option_schema import Choice, Component, Required
 from fusion.utils.options_util import resolve_path
 from fusion.utils.rng_util import capture_rng_state
 
@@ -74,12 +76,55 @@ class SAGEModel(FusionBaseModel):
     """SAGE training model (module docstring). Options: see ``options/train_sage.yml`` and the
     docs/training.md."""
 
+    # the option keys read here (fusion.utils.option_schema; docs/options.md)
+    OPTIONS = {
+        'sam': {'model_type': 'str', 'checkpoint': 'str'},
+        'network_t': Required(Component('arch')), 'network_g': Required(Component('arch')),
+        'network_seg': Component('arch'),
+        'train': {
+            'teacher_pretrain_iter': 'int', 'total_iter': 'int', 'distill_pattern': 'list',
+            'offline_distillation': 'bool', 'distill_ablations': 'list',
+            'feedback_student_mode': Choice(*FEEDBACK_MODES), 'feedback_weight': 'number', 'seg_start_iter': 'int',
+            'seg_input': Choice('rgb', 'y'), 'seg_trainable': Choice('auto', True, False), 'ema_decay': 'number',
+            'nonfinite_loss': Choice('raise', 'skip'),
+            'optim_*': Required(Component('optimizer')),
+            'scheduler': Component('scheduler'),
+            'scheduler_*': Component('scheduler', default_type='CosineAnnealingLR'),
+            '*_opt': Component('loss'),
+        },
+        'val': {'use_ema': 'bool', 'validate_teacher': 'bool'},
+    }
+
+    @staticmethod
+    def check_options(opt: dict) -> Optional[str]:
+        """Options that must agree (run by the option validator and at construction)."""
+        from basicsr.utils.registry import ARCH_REGISTRY
+        net_t = opt.get('network_t') or {}
+        teacher_cls = ARCH_REGISTRY.get(net_t['type']) if net_t.get('type') in ARCH_REGISTRY else None
+        default = None
+        if teacher_cls is not None:
+            param = inspect.signature(teacher_cls).parameters.get('patch_mode')
+            default = None if param is None else param.default
+        teacher_mode = net_t.get('patch_mode', default)
+        if teacher_mode is None:
+            return None
+        for phase, ds in (opt.get('datasets') or {}).items():
+            if ds and ds.get('type') == 'SAGEFusionDataset':
+                mode = ds.get('patch_mode', 'masked_intensity')
+                if mode != teacher_mode:
+                    return (f'datasets.{phase}.patch_mode ({mode}) and network_t.patch_mode ({teacher_mode}) must '
+                            'agree: the teacher reads the patches the dataset makes')
+        return None
+
     def __init__(self, opt: dict) -> None:
         super().__init__(opt)
         self.logger = get_root_logger()
         for key in ('network_t', 'network_g'):
             if key not in opt:
                 raise ValueError(f'SAGEModel: option {key} is required (teacher network_t, student network_g)')
+        mismatch = self.check_options(opt)
+        if mismatch:
+            raise ValueError(mismatch)
         self.net_t = self.build_net('t')
         self.net_g = self.build_net('g')
         # wrapped for DDP only once we know it is trained (a frozen DDP module fails)
@@ -286,6 +331,12 @@ class SAGEModel(FusionBaseModel):
         self.vis_cb = data['vis_cb'].to(self.device) if 'vis_cb' in data else None
         self.label = data['label'].to(self.device) if torch.is_tensor(data.get('label')) else None
         self.vis_patches, self.ir_patches = self._patches(data)
+        # the contrastive loss weighs SAM features with the true binary masks (masks rebuilt from
+        # masked intensities would drop the pixels whose source value is 0)
+        if torch.is_tensor(data.get('vis_masks')) and torch.is_tensor(data.get('ir_masks')):
+            self.vis_masks, self.ir_masks = data['vis_masks'].to(self.device), data['ir_masks'].to(self.device)
+        else:
+            self.vis_masks, self.ir_masks = self.vis_patches, self.ir_patches
         self._visuals = {}
 
     def _patches(self, data: dict) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -332,13 +383,15 @@ class SAGEModel(FusionBaseModel):
             return net(self.vis_y, self.ir)
 
     def _seg_logits(self, fused_y: torch.Tensor) -> torch.Tensor:
+        # a segmenter (pretrained and frozen, or trained here) sees a real image in [0, 1], as the
+        # saved fused images are: Y clamped, and the RGB from it clamped again
         if self.seg_input == 'rgb':
             if self.vis_cr is None or self.vis_cb is None:
                 raise ValueError('SAGEModel: seg_input "rgb" needs vis_cr/vis_cb in the training data')
-            img = ycrcb_to_rgb(fused_y, self.vis_cr, self.vis_cb)
+            img = ycrcb_to_rgb(fused_y.clamp(0, 1), self.vis_cr, self.vis_cb)
         else:
             img = fused_y
-        return self.net_seg(img)
+        return self.net_seg(img.clamp(0, 1))
 
     # ------------------------------------------------------------------------------------------ steps
     TEACHER_LOG_KEYS = tuple([f'l_t_{k}' for k in _CONTEXT_TERMS] + ['l_t_seg']
@@ -401,13 +454,14 @@ class SAGEModel(FusionBaseModel):
                                              self.feedback_weight, self.cri_feedback_feature)
         log['l_t_total'] = total.detach()
         self._visuals['teacher'] = fused_t.detach()
-        if not self._check_finite(total, log, 'teacher'):
-            return
-        total.backward()
-        self.optimizer_t.step()
+        if self._check_finite(total, log, 'teacher'):
+            total.backward()
+            self.optimizer_t.step()
+            if seg_on and self.seg_trainable:
+                self.optimizer_seg.step()
+        # a skipped step still counts in the schedule (count_steps): the LR ends at eta_min
         self.scheduler_step('t')
         if seg_on and self.seg_trainable:
-            self.optimizer_seg.step()
             self.scheduler_step('seg')
 
     def _distillation_terms(self, total, log: dict, prefix: str, fused: torch.Tensor, feats, ref: torch.Tensor,
@@ -418,8 +472,13 @@ class SAGEModel(FusionBaseModel):
         if weight != 0:
             terms = dict(self.cri_context.components(fused, self.vis_y, self.ir, ref))
             if self.cri_contrastive is not None:
-                parts = self.cri_contrastive.components(fused, ref, self.vis_y, self.ir, self.vis_patches,
-                                                        self.ir_patches)
+                # binary weights from the true masks; a loss that weighs with the masked intensities
+                # (faithful: true, the official behaviour) gets the patches
+                if getattr(self.cri_contrastive, 'binarize_masks', True):
+                    vis_w, ir_w = self.vis_masks, self.ir_masks
+                else:
+                    vis_w, ir_w = self.vis_patches, self.ir_patches
+                parts = self.cri_contrastive.components(fused, ref, self.vis_y, self.ir, vis_w, ir_w)
                 terms.update((f'cs_{k}', v) for k, v in parts.items())
             for k, v in terms.items():
                 v = weight * v if weight != 1 else v
@@ -440,13 +499,12 @@ class SAGEModel(FusionBaseModel):
         total = self._distillation_terms(0, log, 'l_g_', fused_s, feats_s, fused_t, feats_t, 1.0, self.cri_feature)
         log['l_g_total'] = total.detach()
         self._visuals['student'] = fused_s.detach()
-        if not self._check_finite(total, log, 'student'):
-            return
-        total.backward()
-        self.optimizer_g.step()
-        self.scheduler_step('g')
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
+        if self._check_finite(total, log, 'student'):
+            total.backward()
+            self.optimizer_g.step()
+            if self.ema_decay > 0:
+                self.model_ema(decay=self.ema_decay)
+        self.scheduler_step('g')  # a skipped step still counts in the schedule (count_steps)
 
     def scheduler_step(self, name: str) -> None:
         self.steps[name] += 1

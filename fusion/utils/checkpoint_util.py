@@ -9,16 +9,27 @@ from typing import Dict, Optional
 import torch
 
 
-def extract_state_dict(checkpoint: dict, param_key: Optional[str], path: str) -> Dict[str, torch.Tensor]:
+def extract_state_dict(checkpoint: dict, param_key: Optional[str], path: str,
+                       required: bool = False) -> Dict[str, torch.Tensor]:
     """Returns the network state dict inside ``checkpoint``.
 
     Accepts our own files (``{'params': ..., 'params_ema': ...}``; ``param_key`` picks one and
     falls back to ``params``) and plain state dicts such as the released SAGE student.
+    ``required``: the user named ``param_key`` explicitly, so a checkpoint without it is an error
+    listing the keys it has (``params`` also names the weights of a plain state dict).
     """
     if not isinstance(checkpoint, dict):
         raise ValueError(f'{path}: expected a state dict or {{"params": state_dict}}, got {type(checkpoint).__name__}')
     if param_key and param_key in checkpoint and isinstance(checkpoint[param_key], dict):
         return checkpoint[param_key]
+    if required and param_key and param_key != 'params':
+        keys = [k for k, v in checkpoint.items() if isinstance(v, dict)]
+        has = f'it has {", ".join(map(str, keys))}' if keys else 'it is a plain state dict (use params)'
+        raise ValueError(f'{path}: no "{param_key}" weights in this checkpoint; {has}')
+    if required and param_key == 'params' and 'params' not in checkpoint and \
+            any(isinstance(v, dict) for v in checkpoint.values()):
+        keys = [k for k, v in checkpoint.items() if isinstance(v, dict)]
+        raise ValueError(f'{path}: no "params" weights in this checkpoint; it has {", ".join(map(str, keys))}')
     if 'params' in checkpoint and isinstance(checkpoint['params'], dict):
         if param_key and param_key != 'params':
             logging.getLogger('basicsr').info(f'Loading {path}: "{param_key}" not found, using "params".')

@@ -1,4 +1,9 @@
-"""What every command-line script shares: bad input ends with one clear line, not a traceback."""
+"""What every command-line script shares: bad input ends with one clear line, not a traceback.
+
+``--debug`` on any entry point (or ``FUSION_DEBUG=1`` in the environment) shows the traceback
+instead. fusion/train.py and fusion/test.py keep basicsr's meaning of ``--debug`` as well (debug
+run name, frequent logs); the scripts take it out of their arguments before parsing.
+"""
 from __future__ import annotations
 
 import os
@@ -8,19 +13,34 @@ from typing import Callable, Optional, Tuple, Type
 from fusion.utils.img_util import ImageReadError
 
 
-INPUT_ERRORS: Tuple[Type[BaseException], ...] = (ImageReadError, ValueError, OSError)
+# bad files and options (OptionError, ImageReadError, MaskCacheError ... are ValueErrors; missing,
+# unwritable or read-only paths are OSErrors) and non-finite training losses (FloatingPointError)
+INPUT_ERRORS: Tuple[Type[BaseException], ...] = (ImageReadError, ValueError, OSError, ArithmeticError)
+
+
+def debug_requested(argv: Optional[list] = None) -> bool:
+    """``--debug`` among the arguments or ``FUSION_DEBUG`` set (not empty, not 0)."""
+    argv = sys.argv[1:] if argv is None else argv
+    return '--debug' in argv or os.environ.get('FUSION_DEBUG', '') not in ('', '0')
 
 
 def run_cli(main: Callable[[], Optional[int]], errors: Tuple[Type[BaseException], ...] = INPUT_ERRORS,
-            exit_code: int = 2) -> None:
+            exit_code: int = 2, strip_debug: bool = True) -> None:
     """Runs ``main()`` and exits with its return code; errors of the given types (bad files,
-    bad options) print ``error: <message naming the file>`` and exit with ``exit_code``."""
+    bad options) print ``error: <message naming the file>`` and exit with ``exit_code``.
+    ``strip_debug``: remove ``--debug`` from ``sys.argv`` first (for parsers that do not know it)."""
+    debug = debug_requested()
+    if strip_debug:
+        sys.argv[1:] = [a for a in sys.argv[1:] if a != '--debug']
     try:
         code = main()
     except errors as err:
-        if os.environ.get('FUSION_DEBUG'):
+        if debug:
             raise
-        print(f'error: {err}\n(set FUSION_DEBUG=1 to see the traceback)', file=sys.stderr)
+        message = str(err) or type(err).__name__
+        if isinstance(err, OSError) and err.filename and str(err.filename) not in message:
+            message = f'{err.filename}: {message}'
+        print(f'error: {message}\n(run with --debug, or FUSION_DEBUG=1, to see the traceback)', file=sys.stderr)
         sys.exit(exit_code)
     sys.exit(code or 0)
 

@@ -35,15 +35,36 @@ def fix_functional_tensor_alias() -> bool:
     return True
 
 
+def _load_state_file(path: str, map_location: str) -> dict:
+    """A training state, or ValueError naming the file when it is truncated or not a state."""
+    try:
+        # our own files: they hold optimizer states with python objects, so weights_only=False
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # noqa: BLE001  (torch raises many types for corrupt files)
+        raise ValueError(f'{path}: cannot read the training state ({type(err).__name__}: '
+                         f'{str(err).splitlines()[0] if str(err) else "truncated or corrupt"})') from err
+    if not isinstance(state, dict) or 'iter' not in state:
+        raise ValueError(f'{path}: not a training state (no "iter" entry)')
+    return state
+
+
 def load_resume_state(opt: dict) -> Optional[dict]:
     """CPU-safe replacement of ``basicsr.train.load_resume_state``.
 
     The original calls ``torch.cuda.current_device()`` (crashes without a GPU) and looks for
     ``experiments/<name>/training_states`` relative to the CWD instead of the experiment root.
+    ``--auto_resume`` takes the newest state that loads: a truncated or corrupt newer one (a run
+    killed while saving on a file system without atomic rename) is skipped with a warning naming
+    it; when none loads, the error names the newest. An explicit ``path.resume_state`` that does
+    not load is an error naming it.
     """
     from basicsr.utils import check_resume, scandir
 
-    resume_state_path = None
+    if torch.cuda.is_available() and opt.get('num_gpu', 0) != 0:
+        map_location = f'cuda:{torch.cuda.current_device()}'
+    else:
+        map_location = 'cpu'
+    resume_state = None
     if opt.get('auto_resume'):
         state_dir = opt['path'].get('training_states') or osp.join(
             opt.get('root_path', '.'), 'experiments', opt['name'], 'training_states')
@@ -55,22 +76,29 @@ def load_resume_state(opt: dict) -> Optional[dict]:
                     iters.append(int(float(v.split('.state')[0])))
                 except ValueError:  # e.g. a temporary file of an interrupted save
                     continue
-            if iters:
-                resume_state_path = osp.join(state_dir, f'{max(iters)}.state')
-                opt['path']['resume_state'] = resume_state_path
+            bad = []
+            for it in sorted(iters, reverse=True):
+                path = osp.join(state_dir, f'{it}.state')
+                try:
+                    resume_state = _load_state_file(path, map_location)
+                except ValueError as err:
+                    bad.append(err)
+                    print(f'warning: --auto_resume: skipping {path}: {str(err).split(": ", 1)[-1]}',
+                          file=sys.stderr, flush=True)
+                    continue
+                opt['path']['resume_state'] = path
+                break
+            if resume_state is None and bad:
+                raise ValueError(f'--auto_resume: no training state in {state_dir} can be read; '
+                                 f'the newest: {bad[0]}')
     elif opt['path'].get('resume_state'):
-        resume_state_path = opt['path']['resume_state']
+        path = opt['path']['resume_state']
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'resume_state: no such training state file: {path}')
+        resume_state = _load_state_file(path, map_location)
 
-    if resume_state_path is None:
+    if resume_state is None:
         return None
-    if not osp.isfile(resume_state_path):
-        raise FileNotFoundError(f'resume_state: no such training state file: {resume_state_path}')
-    if torch.cuda.is_available() and opt.get('num_gpu', 0) != 0:
-        map_location = f'cuda:{torch.cuda.current_device()}'
-    else:
-        map_location = 'cpu'
-    # our own files: they hold optimizer states with python objects, so weights_only=False
-    resume_state = torch.load(resume_state_path, map_location=map_location, weights_only=False)
     check_resume(opt, resume_state['iter'])
     return resume_state
 

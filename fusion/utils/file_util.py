@@ -1,10 +1,21 @@
-"""Atomic file writes: a file under its final name is always complete."""
+"""Atomic file writes (a file under its final name is always complete) and output-location checks.
+
+Temporary files are named ``.tmp_<pid>_*`` beside their target; readers skip hidden files, and
+the first atomic write of a process into a folder removes the temporary files that runs which
+are no longer alive left there (a run killed while writing).
+"""
 from __future__ import annotations
 
 import os
 import os.path as osp
+import re
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Set, Tuple
+
+
+TMP_PREFIX = '.tmp_'
+_TMP_PID = re.compile(r'^\.tmp_(\d+)_')
+_CLEANED: Set[str] = set()
 
 
 def _current_umask() -> int:
@@ -16,10 +27,47 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str) -> int:
+    """Removes the ``.tmp_*`` files in ``folder`` whose writing process is gone (or unknown: older
+    names carry no pid). Returns how many were removed."""
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        if not name.startswith(TMP_PREFIX):
+            continue
+        match = _TMP_PID.match(name)
+        if match and _pid_alive(int(match.group(1))):
+            continue
+        try:
+            os.remove(osp.join(folder, name))
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
 def _atomic(path: str, write: Callable[[str], None]) -> None:
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix=osp.splitext(path)[1], dir=folder)
+    if folder not in _CLEANED:
+        _CLEANED.add(folder)
+        remove_stale_temporaries(folder)
+    fd, tmp = tempfile.mkstemp(prefix=f'{TMP_PREFIX}{os.getpid()}_', suffix=osp.splitext(path)[1], dir=folder)
     os.close(fd)
     try:
         write(tmp)
@@ -46,3 +94,45 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` that never leaves a truncated checkpoint under the final name."""
     import torch
     _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _inside(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or lies inside it (real paths: symbolic links resolved)."""
+    path, folder = osp.realpath(path), osp.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_output_location(output: str, inputs: Iterable[Tuple[str, str]], what: str = '--output',
+                          nested_inputs: bool = False, is_file: bool = False) -> None:
+    """Fails (``ValueError`` naming the option) before any work when ``output`` is, or lies inside,
+    one of the ``(name, path)`` inputs (outputs would overwrite inputs), when ``nested_inputs`` and
+    an input lies inside ``output`` (a run folder that is moved aside or rewritten), when a folder
+    output is an existing file, or when it cannot be created or written (e.g. a read-only file
+    system). Creates nothing."""
+    for name, path in inputs:
+        if not path:
+            continue
+        if _inside(output, path):
+            same = osp.realpath(output) == osp.realpath(path)
+            raise ValueError(f'{what} {output} is {"the" if same else "inside the"} input {name} {path}: '
+                             'the outputs would overwrite or mix with the inputs; '
+                             'choose another output location')
+        if nested_inputs and _inside(path, output):
+            raise ValueError(f'{what} {output} holds the input {name} {path}: this run would move or overwrite it; '
+                             'choose another name or location')
+    if is_file:
+        if osp.isdir(output):
+            raise ValueError(f'{what} {output} is a folder, expected a file path')
+    elif osp.exists(output) and not osp.isdir(output):
+        raise ValueError(f'{what} {output} exists and is not a folder')
+    probe = osp.abspath(output)
+    while not osp.exists(probe):
+        parent = osp.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if osp.exists(probe) and probe != osp.abspath(output) and not osp.isdir(probe):
+        raise ValueError(f'{what} {output}: {probe} is a file, so the folder cannot be created')
+    target = probe if osp.isdir(probe) else osp.dirname(probe)
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise ValueError(f'{what} {output}: cannot write in {target} (permission denied or read-only file system)')

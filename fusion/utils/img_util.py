@@ -150,9 +150,12 @@ def read_pair(ir_path: str, vis_path: str) -> Tuple[np.ndarray, np.ndarray, bool
 
 
 def list_images(folder: str) -> List[str]:
+    """Image files of ``folder``, sorted; hidden files (``.*``, e.g. the ``.tmp_*`` of an
+    interrupted atomic write) are not images of the dataset."""
     if not osp.isdir(folder):
         raise ImageReadError(f'{folder}: no such folder')
-    return sorted(f for f in os.listdir(folder) if is_image_file(f) and osp.isfile(osp.join(folder, f)))
+    return sorted(f for f in os.listdir(folder)
+                  if not f.startswith('.') and is_image_file(f) and osp.isfile(osp.join(folder, f)))
 
 
 def list_pairs(ir_dir: str, vis_dir: str, extra_dirs: Optional[Sequence[Tuple[str, str]]] = None) -> List[dict]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os.path as osp
+from typing import List, Tuple
 
 
 # option keys holding file or folder paths that may be given relative to the repository root
@@ -49,3 +50,27 @@ def check_option_paths(opt: dict) -> None:
         missing.append(f'sam.checkpoint: {sam_ckpt}')
     if missing:
         raise FileNotFoundError('options name files or folders that do not exist:\n  ' + '\n  '.join(missing))
+
+
+def input_folders(opt: dict) -> List[Tuple[str, str]]:
+    """``(option name, path)`` of every data folder / cache the options read."""
+    inputs = []
+    for phase, ds in (opt.get('datasets') or {}).items():
+        for key, value in (ds or {}).items():
+            if key.startswith(('dataroot_', 'mask_cache', 'meta_info')) and isinstance(value, str) and value:
+                inputs.append((f'datasets.{phase}.{key}', value))
+    return inputs
+
+
+def check_run_folders(opt: dict) -> None:
+    """The run's own folder (``path.experiments_root`` or ``path.results_root``: basicsr moves an
+    existing one aside, then writes into it) must neither be nor hold nor sit inside an input."""
+    from fusion.utils.file_util import check_output_location
+    root_key = 'experiments_root' if opt['path'].get('experiments_root') else 'results_root'
+    out = opt['path'][root_key]
+    inputs = input_folders(opt)
+    if not opt.get('auto_resume') and not opt['path'].get('resume_state'):
+        # a new run moves an existing run folder aside: a checkpoint inside it would go with it
+        inputs += [(f'path.{k}', v) for k, v in opt['path'].items()
+                   if k.startswith('pretrain_network_') and isinstance(v, str) and v]
+    check_output_location(out, inputs, what=f'path.{root_key}', nested_inputs=True)

@@ -66,7 +66,11 @@ def load_sam_state_dict(path: str, prefix: str = '') -> Dict[str, torch.Tensor]:
         raise SAMCheckpointError(
             f'SAM checkpoint not found: {path!r}. Download e.g. sam_vit_b_01ec64.pth from the Segment Anything '
             'release on a machine with internet access and give its local path in the options.')
-    state = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # noqa: BLE001  (torch raises many types for unreadable files)
+        raise SAMCheckpointError(f'{path}: cannot read the SAM checkpoint ({type(err).__name__}: '
+                                 f'{str(err).splitlines()[0] if str(err) else "corrupt file"})') from err
     for key in ('model', 'state_dict'):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
