@@ -12,6 +12,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from conftest import ROOT
 from torch import nn
 
+import fusion.training  # noqa: F401  (declares the training loop's keys, as train.py's import does)
 from fusion.utils.checkpoint_util import extract_state_dict
 from fusion.utils.compat import load_resume_state
 from fusion.utils.file_util import atomic_write_bytes, check_output_location, remove_stale_temporaries

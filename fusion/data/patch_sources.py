@@ -28,8 +28,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from basicsr.utils.registry import Registry
 
+from fusion.utils.option_schema import register_component_kind
+
 
 PATCH_SOURCE_REGISTRY = Registry('patch_source')
+register_component_kind('patch_source', PATCH_SOURCE_REGISTRY)  # option validation knows its entries
 
 Masks = List[np.ndarray]
 

@@ -11,6 +11,8 @@ from typing import List
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from fusion.utils.option_schema import register_scheduler
+
 
 class CosineToMinLR(LRScheduler):
     """Cosine annealing from the initial LR to ``eta_min`` over ``T_max`` steps of its own
@@ -26,6 +28,11 @@ class CosineToMinLR(LRScheduler):
         t = min(max(self.last_epoch, 0), self.T_max)
         factor = (1 + math.cos(math.pi * t / self.T_max)) / 2
         return [self.eta_min + (base - self.eta_min) * factor for base in self.base_lrs]
+
+
+# option validation: the names build_scheduler maps to CosineToMinLR
+register_scheduler('CosineAnnealingLR', CosineToMinLR)
+register_scheduler('CosineToMinLR', CosineToMinLR)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, sched_opt: dict, steps: int) -> LRScheduler:

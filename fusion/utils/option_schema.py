@@ -115,8 +115,24 @@ def declare_check(check: Callable[[dict], Optional[str]], phase: str = 'both') -
 
 # ---------------------------------------------------------------------------------------------- components
 
+# component kinds beyond basicsr's registries (e.g. the data pipeline's patch sources) and
+# scheduler classes beyond torch's: registered by the modules that define them, so this module
+# imports nothing of the package above it
+_EXTRA_KINDS: Dict[str, Any] = {}
+_EXTRA_SCHEDULERS: Dict[str, Any] = {}
+
+
+def register_component_kind(kind: str, registry: Any) -> None:
+    """Makes ``Component(kind)`` resolve ``type`` names in ``registry`` (a basicsr ``Registry``)."""
+    _EXTRA_KINDS[kind] = registry
+
+
+def register_scheduler(name: str, cls: Any) -> None:
+    """Makes ``train.scheduler*: {type: name}`` valid, with ``cls``'s signature as its keys."""
+    _EXTRA_SCHEDULERS[name] = cls
+
+
 def _registry(kind: str):
-    import fusion  # noqa: F401  (registers everything)
     if kind == 'arch':
         from basicsr.utils.registry import ARCH_REGISTRY as reg
     elif kind == 'loss':
@@ -127,10 +143,8 @@ def _registry(kind: str):
         from basicsr.utils.registry import METRIC_REGISTRY as reg
     elif kind == 'model':
         from basicsr.utils.registry import MODEL_REGISTRY as reg
-    elif kind == 'patch_source':
-        from fusion.data.patch_sources import PATCH_SOURCE_REGISTRY as reg
     else:
-        return None
+        return _EXTRA_KINDS.get(kind)
     return reg
 
 
@@ -140,12 +154,10 @@ def _torch_classes(kind: str) -> Dict[str, Any]:
         return {n: c for n, c in vars(torch.optim).items()
                 if inspect.isclass(c) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer}
     from torch.optim import lr_scheduler
-
-    from fusion.models.lr_scheduler import CosineToMinLR
     classes = {n: c for n, c in vars(lr_scheduler).items()
                if inspect.isclass(c) and issubclass(c, lr_scheduler.LRScheduler) and not n.startswith('_')
                and c is not lr_scheduler.LRScheduler}
-    classes.update(CosineAnnealingLR=CosineToMinLR, CosineToMinLR=CosineToMinLR)
+    classes.update(_EXTRA_SCHEDULERS)
     return classes
 
 
@@ -364,10 +376,10 @@ def _convert(value: Any, kind: str) -> Tuple[bool, Any]:
 def validate_options(opt: dict, is_train: bool, source: str = 'options') -> None:
     """Checks every key of ``opt`` (as the user wrote it, plus ``--force_yml``) against the
     declared schemas and the registered components; converts numeric strings in place. Raises
-    :class:`OptionError` naming ``source``, the option and the closest valid key or name."""
-    import fusion  # noqa: F401  (registries and the declarations next to the code that reads them)
-    if is_train:
-        import fusion.training  # noqa: F401  (declares the training loop's keys)
+    :class:`OptionError` naming ``source``, the option and the closest valid key or name.
+
+    The caller imports what declares the keys first: ``import fusion`` (registries, models,
+    datasets) and, for training options, ``fusion.training`` (the loop's keys)."""
     phase = 'train' if is_train else 'test'
     schema = _merge(_merge({}, _DECLARED['both']), _DECLARED[phase])
     checker = _Checker(source)
