@@ -40,7 +40,7 @@ def run_cli(main: Callable[[], Optional[int]], errors: Tuple[Type[BaseException]
         message = str(err) or type(err).__name__
         if isinstance(err, OSError) and err.filename and str(err.filename) not in message:
             message = f'{err.filename}: {message}'
-        print(f'error: {message}\n(run with --debug, or FUSION_DEBUG=1, to see the traceback)', file=sys.stderr)
+        print(f'error: {message}', file=sys.stderr)  # one line; --debug / FUSION_DEBUG=1 show the traceback
         sys.exit(exit_code)
     sys.exit(code or 0)
 
