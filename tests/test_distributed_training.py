@@ -176,7 +176,8 @@ def test_two_ranks_match_one_process_with_the_global_batch(runs):
     # same samples and crops, gradients averaged by DDP = the gradient of the mean over 4,
     # BatchNorm statistics over the global batch: equal weights up to float rounding. Teacher and
     # segmentation net agree to ~2e-7 throughout; the student to ~5e-7 after its first step,
-    # then its differences grow to ~1.5e-4 by its third step (measured; docs/distributed.md)
+    # then its differences grow to ~1.5e-4 by its third step, as between two 1-process runs with
+    # 1 and 2 threads (5e-5): the student amplifies rounding, DDP or not (docs/distributed.md)
     _assert_close_weights(one, two, 3)
     for it in (6, 7):
         _assert_close_weights(one, two, it, atol_student=5e-4)
