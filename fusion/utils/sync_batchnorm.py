@@ -68,9 +68,8 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         centred = xf - mean.view(1, -1, 1, 1)
         var = _AllReduceSum.apply((centred * centred).sum(dim=(0, 2, 3))) / count
         if self.track_running_stats:
-            with torch.no_grad():
-                n = float(count)
-                unbiased = var * (n / max(n - 1.0, 1.0))
+            with torch.no_grad():  # tensor arithmetic only: no host-device sync on GPU
+                unbiased = var * (count / (count - 1.0).clamp(min=1.0))
                 self.running_mean.mul_(1 - factor).add_(mean.detach().to(self.running_mean.dtype), alpha=factor)
                 self.running_var.mul_(1 - factor).add_(unbiased.detach().to(self.running_var.dtype), alpha=factor)
         out = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
