@@ -8,7 +8,10 @@ Differences from ``basicsr.train.train_pipeline`` (1.4.2), each for a reason:
   python/numpy/torch RNGs seeded from those three (and restored afterwards in the main process),
   the epoch order comes from basicsr's ``EnlargedSampler`` (seeded by the epoch), and a resumed
   epoch skips the batches already consumed without loading them. So crops/flips and the order
-  are identical with or without interruption, for any number of workers.
+  are identical with or without interruption, for any number of workers. The position is the
+  sample's place in the epoch's *global* order, so under DDP (torchrun) every rank reads
+  distinct samples with distinct seeds, and N processes with batch b read exactly the samples
+  (same crops) of one process with batch N x b (docs/distributed.md).
 * Data loaders draw their worker seeds from their own generators, so validation and loader
   restarts never move the global RNG; the model's RNG states are saved and restored.
 * ``train.stop_at_iter`` stops cleanly after that iteration with a checkpoint (for jobs with a
@@ -39,6 +42,7 @@ from basicsr.utils.options import copy_opt_file, dict2str
 from torch.utils.data import Dataset, Sampler
 
 from fusion.utils.compat import load_resume_state
+from fusion.utils.dist_util import destroy_dist
 from fusion.utils.option_parser import parse_options
 from fusion.utils.option_schema import Required, declare_check, declare_options
 from fusion.utils.options_util import check_option_paths, check_run_folders, resolve_relative_paths
@@ -71,9 +75,11 @@ def _check_dataset_phases(opt: dict):
 declare_check(_check_dataset_phases, phase='train')
 
 
-def sample_seed(seed: int, epoch: int, rank: int, position: int) -> int:
-    """A 32-bit seed for one sample, a pure function of its place in the run."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, epoch, rank, position]).generate_state(1)[0])
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A 32-bit seed for one sample, a pure function of its place in the run: ``position`` in the
+    epoch's global order (``rank + world_size x`` the rank's own position), not of the rank."""
+    # the 0 stands where a rank used to be: single-process runs keep their earlier data stream
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, epoch, 0, position]).generate_state(1)[0])
 
 
 class SeededSamples(Dataset):
@@ -117,10 +123,11 @@ class ResumableSampler(Sampler):
     """basicsr's ``EnlargedSampler`` order, yielding ``(index, sample_seed)`` and able to start
     an epoch at a given position (resumption skips what was consumed without loading it)."""
 
-    def __init__(self, base: EnlargedSampler, seed: int, rank: int = 0) -> None:
+    def __init__(self, base: EnlargedSampler, seed: int, rank: int = 0, world_size: int = 1) -> None:
         self.base = base
         self.seed = int(seed)
         self.rank = int(rank)
+        self.world_size = int(world_size)
         self.epoch = 0
         self.start = 0
 
@@ -132,7 +139,8 @@ class ResumableSampler(Sampler):
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         indices = list(iter(self.base))
         for position in range(self.start, len(indices)):
-            yield indices[position], sample_seed(self.seed, self.epoch, self.rank, position)
+            # EnlargedSampler gives rank r the global positions r, r + W, r + 2W, ...
+            yield indices[position], sample_seed(self.seed, self.epoch, self.rank + self.world_size * position)
 
     def __len__(self) -> int:
         return len(self.base) - self.start
@@ -152,7 +160,7 @@ def create_dataloaders(opt: dict, logger: logging.Logger):
             enlarge = dataset_opt.get('dataset_enlarge_ratio', 1)
             train_set = build_dataset(dataset_opt)
             base_sampler = EnlargedSampler(train_set, opt['world_size'], opt['rank'], enlarge)
-            train_sampler = ResumableSampler(base_sampler, opt['manual_seed'], opt['rank'])
+            train_sampler = ResumableSampler(base_sampler, opt['manual_seed'], opt['rank'], opt['world_size'])
             train_loader = build_dataloader(SeededSamples(train_set), dataset_opt, num_gpu=opt['num_gpu'],
                                             dist=opt['dist'], sampler=train_sampler, seed=opt['manual_seed'])
             # worker base seeds from the loader's own generator: the global RNG is not touched
@@ -253,12 +261,20 @@ def run_training(opt: dict, opt_path: str, on_start=None) -> Optional[object]:
         model.resume_training(resume_state)
         current_iter = int(resume_state['iter'])
         saved_loop = getattr(model, 'loop_state', {}) or {}
+        saved_world = int(saved_loop.get('world_size', 1)) if saved_loop else opt['world_size']
+        if saved_world != opt['world_size']:
+            # works by design (per-sample seeds are global; rank 0's checkpoint holds the whole
+            # state); the data continue exactly when the global batch stayed the same
+            logger.warning(f'resume: the state was saved by {saved_world} process(es), this run has '
+                           f'{opt["world_size"]}: global batch {saved_world * int(saved_loop.get("batch_size", 0))} '
+                           f'then, {opt["world_size"] * batch_size} now (docs/distributed.md).')
         if saved_loop and saved_loop.get('iters_per_epoch') != iters_per_epoch:
             logger.warning(f'resume: {iters_per_epoch} iterations per epoch now, {saved_loop.get("iters_per_epoch")} '
                            'when the state was saved (dataset or batch size changed): the data order will differ.')
         logger.info(f'Resuming training from iter {current_iter} (epoch {current_iter // iters_per_epoch}).')
     if hasattr(model, 'loop_state'):
-        model.loop_state = {'iters_per_epoch': iters_per_epoch, 'batch_size': batch_size}
+        model.loop_state = {'iters_per_epoch': iters_per_epoch, 'batch_size': batch_size,
+                            'world_size': opt['world_size']}
     if current_iter >= total_iter:
         logger.info(f'Training already finished ({current_iter} >= total_iter {total_iter}); nothing to do.')
         if tb_logger:
@@ -274,8 +290,13 @@ def run_training(opt: dict, opt_path: str, on_start=None) -> Optional[object]:
     val_freq = int(val_opt['val_freq']) if val_opt and val_opt.get('val_freq') else None
     image_freq = int(logger_opt.get('image_freq') or val_freq or save_freq)
     # everything built: continue the model's RNG stream exactly where the saved run left it
-    if getattr(model, 'resumed_rng', None):
-        restore_rng_state(model.resumed_rng)
+    # (each rank its own stream when the state holds every rank's and the world size is unchanged)
+    rng = getattr(model, 'resumed_rng', None)
+    per_rank = (resume_state or {}).get('rng_per_rank')
+    if rng and per_rank and len(per_rank) == opt['world_size']:
+        rng = per_rank[opt['rank']]
+    if rng:
+        restore_rng_state(rng)
 
     logger.info(f'Start training from iter {current_iter} to {total_iter}.')
     if on_start is not None:
@@ -353,3 +374,5 @@ def train_pipeline(root_path: str) -> None:
     except BaseException:
         folders.discard()
         raise
+    finally:
+        destroy_dist()  # under torchrun: leave the process group cleanly

@@ -67,11 +67,14 @@ def generate_mask_cache(ir_dir: str, vis_dir: str, out: str, source_opt: Dict[st
                         label_dir: Optional[str] = None, max_masks: int = 8, allow_fallback: bool = True,
                         fallback_opt: Optional[Dict[str, Any]] = None, overwrite: bool = False,
                         verify_existing: bool = True, names: Optional[Iterable[str]] = None,
-                        workers: int = 0, progress: bool = True) -> Dict[str, Any]:
+                        workers: int = 0, progress: bool = True,
+                        extra_info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Generates masks for every pair (or the pairs in ``names``) into the cache at ``out``.
 
     ``workers`` > 0 runs the source in that many processes (useful for the CPU sources; SAM on a
-    GPU should stay at 0). Returns a summary dict (source used, counts).
+    GPU should stay at 0; for several GPUs or nodes see ``fusion/data/mask_shards.py``).
+    ``extra_info`` is added to the metadata's ``info`` (not part of the cache's identity).
+    Returns a summary dict (source used, counts).
     """
     if max_masks < 1:
         raise ValueError(f'max_masks must be >= 1, got {max_masks}')
@@ -85,7 +88,8 @@ def generate_mask_cache(ir_dir: str, vis_dir: str, out: str, source_opt: Dict[st
         pairs = [p for p in pairs if p['name'] in wanted]
     source = build_patch_source(source_opt, allow_fallback=allow_fallback, fallback_opt=fallback_opt)
     meta = make_meta(source.describe(), max_masks, fallback=source.fallback,
-                     info={**source.info(), 'ir_dir': ir_dir, 'vis_dir': vis_dir, 'label_dir': label_dir})
+                     info={**source.info(), 'ir_dir': ir_dir, 'vis_dir': vis_dir, 'label_dir': label_dir,
+                           **(extra_info or {})})
     used = source.describe()['type']
     if source.fallback:
         used += f' (FALLBACK for {source.fallback["requested"]}: {source.fallback["reason"]})'

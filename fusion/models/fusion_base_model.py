@@ -22,9 +22,12 @@ from tqdm import tqdm
 
 from fusion.inferencer import FusionInferencer
 from fusion.utils.checkpoint_util import extract_state_dict, load_checkpoint_file
+from fusion.utils.dist_util import all_gather_objects
 from fusion.utils.file_util import atomic_torch_save
 from fusion.utils.img_util import fused_to_image, imwrite_atomic
 from fusion.utils.option_schema import Choice
+from fusion.utils.rng_util import capture_rng_state
+from fusion.utils.sync_batchnorm import convert_sync_batchnorm
 
 
 def _concat_batches(batches: List[dict]) -> dict:
@@ -62,6 +65,7 @@ class FusionBaseModel(BaseModel):
 
     # the option keys read here (fusion.utils.option_schema merges OPTIONS along the MRO; docs/options.md)
     OPTIONS = {
+        'sync_bn': 'bool',  # read by model_to_device
         'val': {'save_img': 'bool', 'save_ext': Choice('png', 'jpg', 'jpeg', 'bmp', 'tif', 'tiff'), 'suffix': 'str|int',
                 'fast_inference': 'bool', 'batch_size': 'int', 'tile_size': 'int', 'tile_overlap': 'int',
                 'pbar': 'bool'},
@@ -81,10 +85,17 @@ class FusionBaseModel(BaseModel):
         return net
 
     def model_to_device(self, net: nn.Module) -> nn.Module:
-        """Like BaseModel's, but DDP works on CPU (gloo) and fully frozen nets are not wrapped."""
+        """Like BaseModel's, but DDP works on CPU (gloo) and fully frozen nets are not wrapped.
+        ``sync_bn: true`` (top-level option) gives the DDP-wrapped networks batch statistics over
+        all processes (``fusion/utils/sync_batchnorm.py``; docs/distributed.md)."""
         net = net.to(self.device)
         trainable = any(p.requires_grad for p in net.parameters())
         if self.opt.get('dist') and trainable:
+            if self.opt.get('sync_bn'):
+                before = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+                net = convert_sync_batchnorm(net)
+                get_root_logger().info(f'sync_bn: {before} BatchNorm2d layer(s) of {net.__class__.__name__} '
+                                       'synchronised across processes.')
             device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
             net = DistributedDataParallel(
                 net, device_ids=device_ids, find_unused_parameters=self.opt.get('find_unused_parameters', False))
@@ -128,12 +139,20 @@ class FusionBaseModel(BaseModel):
         atomic_torch_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{name}.pth'))
 
     def save_training_state(self, epoch: int, current_iter: int) -> None:
-        if current_iter == -1 or self.opt.get('rank', 0) != 0:
+        """Rank 0 writes the state; under DDP it also holds every rank's RNG states
+        (``rng_per_rank``: each rank continues its own stream on resume)."""
+        if current_iter == -1:
+            return
+        # every rank takes part in the gather, before rank 0 alone writes
+        rng_per_rank = all_gather_objects(capture_rng_state()) if self.opt.get('dist') else None
+        if self.opt.get('rank', 0) != 0:
             return
         state = {'epoch': epoch, 'iter': current_iter,
                  'optimizers': [o.state_dict() for o in self.optimizers],
                  'schedulers': [s.state_dict() for s in self.schedulers]}
         state.update(self.extra_training_state())
+        if rng_per_rank is not None:
+            state['rng_per_rank'] = rng_per_rank
         atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def extra_training_state(self) -> dict:

@@ -585,7 +585,9 @@ class SAGEModel(FusionBaseModel):
         self.save_training_state(epoch, current_iter)
 
     def extra_training_state(self) -> dict:
-        last_log = {k: float(v) for k, v in getattr(self, '_last_log', {}).items()}
+        # the logged values (under DDP rank 0's log_dict holds the mean over ranks), so a resumed
+        # run logs for the network that did not step what the uninterrupted run logs
+        last_log = {k: float(v) for k, v in (getattr(self, 'log_dict', None) or getattr(self, '_last_log', {})).items()}
         return {'sage': {'steps': dict(self.steps), 'seg_frozen': not self.seg_trainable,
                          'optimizer_names': list(self.optimizer_names), 'last_log': last_log},
                 'rng': capture_rng_state(), 'loop': dict(self.loop_state)}

@@ -45,10 +45,11 @@ def run_cli(main: Callable[[], Optional[int]], errors: Tuple[Type[BaseException]
     sys.exit(code or 0)
 
 
-def add_pair_arguments(parser, label: Optional[str] = None) -> None:
+def add_pair_arguments(parser, label: Optional[str] = None, required: bool = True) -> None:
     """The ``--ir`` / ``--vis`` (and optionally ``--label``) folder arguments every data script takes;
-    ``label`` is the help text of ``--label`` (None: no such argument)."""
-    parser.add_argument('--ir', required=True, help='folder of infrared images')
-    parser.add_argument('--vis', required=True, help='folder of visible images (same base names)')
+    ``label`` is the help text of ``--label`` (None: no such argument); ``required=False`` for a
+    script with a mode that needs no images (it checks them itself)."""
+    parser.add_argument('--ir', required=required, help='folder of infrared images')
+    parser.add_argument('--vis', required=required, help='folder of visible images (same base names)')
     if label is not None:
         parser.add_argument('--label', help=label)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 import os.path as osp
 import sys
 from typing import Any, Callable, Optional
@@ -104,20 +103,18 @@ def load_resume_state(opt: dict) -> Optional[dict]:
 
 
 def init_dist(launcher: str, backend: Optional[str] = None, **kwargs: Any) -> None:
-    """Replacement of ``basicsr.utils.dist_util.init_dist``: picks ``gloo`` without CUDA and only
-    calls ``torch.cuda.set_device`` when CUDA exists (the original divides by the GPU count)."""
-    import torch.distributed as dist
+    """Replacement of ``basicsr.utils.dist_util.init_dist`` (``--launcher pytorch``, i.e. torchrun):
+    the original forces NCCL and divides by the GPU count (CPU DDP crashes). Delegates to
+    :func:`fusion.utils.dist_util.init_dist`: gloo without CUDA, ``set_device`` only with CUDA."""
     import torch.multiprocessing as mp
+
+    from fusion.utils.dist_util import init_dist as _init
 
     if mp.get_start_method(allow_none=True) is None:
         mp.set_start_method('spawn')
     if launcher != 'pytorch':
         raise ValueError(f'Invalid launcher type: {launcher} (only "pytorch", i.e. torchrun, is supported)')
-    if backend is None or (backend == 'nccl' and not torch.cuda.is_available()):
-        backend = 'nccl' if torch.cuda.is_available() else 'gloo'
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', os.environ.get('RANK', 0))) % torch.cuda.device_count())
-    dist.init_process_group(backend=backend, **kwargs)
+    _init(backend)
 
 
 def fix_message_logger_eta() -> bool:
