@@ -63,7 +63,8 @@ def load_encoder_weights(encoder: nn.Module, path: str) -> None:
                          + (f'{len(missing)} missing keys (e.g. {missing[:3]})' if missing else '')
                          + ('; ' if missing and wrong else '') + (f'shape mismatch: {wrong[:3]}' if wrong else ''))
     extra = [k for k in state if k not in own]
-    encoder.load_state_dict(OrderedDict((k, state[k]) for k in own), strict=True)
+    # nn.Module's own loader: some smp encoders override load_state_dict without ``strict``
+    nn.Module.load_state_dict(encoder, OrderedDict((k, state[k]) for k in own), strict=True)
     logging.getLogger('basicsr').info(
         f'Encoder weights loaded from {path}' + (f' ({len(extra)} unused entries, e.g. {extra[:2]})' if extra else ''))
 

@@ -281,13 +281,17 @@ def run_protocol(inputs: SegmentationInputs, preset: Mapping, info: Mapping, see
               'classes': info['classes'], 'ignore_index': info.get('ignore_index'), 'train': list(inputs.train_names),
               'test': list(inputs.test_names), 'class_weight': weight, 'picture': list(picture),
               'fixed': None if not fixed else (osp.abspath(fixed_checkpoint), osp.getmtime(fixed_checkpoint))}
-    for method, image_dir in inputs.methods.items():
+    datasets: Dict[str, tuple] = {}
+    for method in inputs.methods:
         result.confusions[method] = {}
         result.seconds[method] = {}
-        try:
-            datasets = None
-            for index, unit in enumerate(units):
-                seed = 0 if fixed else int(seeds[index])
+    # seed-major order: an interrupted comparison has every method at the first seeds
+    for index, unit in enumerate(units):
+        seed = 0 if fixed else int(seeds[index])
+        for method, image_dir in inputs.methods.items():
+            if method in result.failed:
+                continue
+            try:
                 fingerprint = _fingerprint(common=common, method_dir=osp.abspath(image_dir), unit=unit)
                 path = unit_path(out_dir, method, unit)
                 pred_dir = osp.join(out_dir, 'units', method, f'{unit}_pred') if index == 0 and picture else None
@@ -300,10 +304,11 @@ def run_protocol(inputs: SegmentationInputs, preset: Mapping, info: Mapping, see
                         result.reused += 1
                         continue
                     logger.info(f'{path}: made with other inputs or options; running the unit again')
-                if datasets is None:
-                    datasets = _datasets(image_dir, inputs, preset, info, method)
-                    _preload(datasets[0])
-                    _preload(datasets[1])
+                if method not in datasets:
+                    datasets[method] = _datasets(image_dir, inputs, preset, info, method)
+                    _preload(datasets[method][0])
+                    _preload(datasets[method][1])
+                train_set, test_set = datasets[method]
                 start = time.time()
                 if fixed:
                     model = fixed_model
@@ -318,21 +323,22 @@ def run_protocol(inputs: SegmentationInputs, preset: Mapping, info: Mapping, see
                             if i % 10 == 0:
                                 bar.set_postfix(loss=f'{loss:.3f}')
                     try:
-                        _train(model, datasets[0], total_iter, batch_size, seed, step)
+                        _train(model, train_set, total_iter, batch_size, seed, step)
                     finally:
                         if bar is not None:
                             bar.close()
-                cm = _test(model, datasets[1], info, pred_dir, picture)
+                cm = _test(model, test_set, info, pred_dir, picture)
                 seconds = time.time() - start
                 record = {'method': method, 'unit': unit, 'fingerprint': fingerprint, 'seconds': round(seconds, 2),
                           'confusion_matrix': cm.tolist()}
                 atomic_write_bytes(json.dumps(record).encode(), path)
                 result.confusions[method][unit] = cm
                 result.seconds[method][unit] = seconds
-        except UNIT_ERRORS as err:
-            result.failed[method] = f'{type(err).__name__}: {err}' if not isinstance(err, (ValueError, OSError)) \
-                else str(err)
-            logger.error(f'method {method}: {result.failed[method]}')
+            except UNIT_ERRORS as err:
+                message = str(err) if isinstance(err, (ValueError, OSError)) else f'{type(err).__name__}: {err}'
+                result.failed[method] = message
+                datasets.pop(method, None)
+                logger.error(f'method {method}: {message}')
     return result
 
 
