@@ -147,8 +147,8 @@ def test_command_bad_input_names_the_file_or_option(tmp_path):
     test.write_text('00701N\n')
     lists = ['--train-list', str(train), '--test-list', str(test)]
     with pytest.raises(ImageReadError, match=r'no label image for 1 listed pair\(s\): 00104D'):
-        script.main([a for a in base if a not in ('--split', '0.5')] + lists + ['--label', str(labels),
-                                                                             '--preset', 'cpu'])
+        no_split = [a for a in base if a not in ('--split', '0.5')]
+        script.main(no_split + lists + ['--label', str(labels), '--preset', 'cpu'])
 
 
 @pytest.mark.slow
