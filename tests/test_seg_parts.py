@@ -17,6 +17,15 @@ from fusion.utils.img_util import ImageReadError
 MFNET = osp.join(osp.dirname(__file__), osp.pardir, 'datasets', 'MFNet')
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on a shared 2-core CPU, two OpenMP threads per process were 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _dataset_opt(**kw):
     opt = {'name': 'mfnet_vis', 'type': 'SegmentationDataset', 'dataroot_img': osp.join(MFNET, 'vi'),
            'dataroot_label': osp.join(MFNET, 'label'), 'num_classes': 9, 'size': [48, 64]}
