@@ -1,5 +1,6 @@
 """Registered parts of the segmentation protocol: dataset, segmenter (with local encoder weights),
 learning-rate schedule, model."""
+import logging
 import os.path as osp
 import shutil
 
@@ -88,7 +89,15 @@ def test_size_mismatch_names_both_files(tmp_path):
 def test_segmenter_any_size_and_local_encoder_weights(tmp_path):
     opt = {'type': 'SMPSegmenter', 'arch': 'Segformer', 'encoder_name': 'mit_b0', 'num_classes': 5}
     torch.manual_seed(1)
-    source = build_network(opt)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger('basicsr').addHandler(handler)
+    try:
+        source = build_network(opt)
+    finally:
+        logging.getLogger('basicsr').removeHandler(handler)
+    assert any('encoder randomly initialised' in r.getMessage() for r in records)   # the log says so
     out = source(torch.rand(1, 3, 50, 70))
     assert out.shape == (1, 5, 50, 70)              # padded to a multiple of 32 inside, cropped back
     # an "ImageNet" file: a randomly initialised encoder's state dict, as the official mit_b0.pth
@@ -107,7 +116,7 @@ def test_segmenter_any_size_and_local_encoder_weights(tmp_path):
     torch.save({'conv1.weight': torch.zeros(3)}, tmp_path / 'other.pth')
     with pytest.raises(ValueError, match=r'other\.pth: does not fit'):
         build_network(dict(opt, encoder_weights=str(tmp_path / 'other.pth')))
-    with pytest.raises(FileNotFoundError, match='missing.pth'):
+    with pytest.raises(FileNotFoundError, match=r'encoder_weights: no such file: .*missing\.pth'):
         build_network(dict(opt, encoder_weights=str(tmp_path / 'missing.pth')))
 
 

@@ -11,6 +11,7 @@ without one the encoder is randomly initialised and the log says so.
 from __future__ import annotations
 
 import logging
+import os.path as osp
 from collections import OrderedDict
 from typing import Dict, Optional
 
@@ -114,6 +115,9 @@ class SMPSegmenter(nn.Module):
         self.register_buffer('std', torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         logger = logging.getLogger('basicsr')
         if encoder_weights:
+            if not osp.isfile(encoder_weights):
+                raise FileNotFoundError(f'encoder_weights: no such file: {encoder_weights} (a local file of '
+                                        f'pretrained {encoder_name} weights; ~ for random initialisation)')
             load_encoder_weights(self.model.encoder, encoder_weights)
         else:
             logger.info(f'SMPSegmenter {arch}/{encoder_name}: encoder randomly initialised (no encoder_weights given; '
