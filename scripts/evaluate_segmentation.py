@@ -98,6 +98,16 @@ def _names(args) -> tuple:
 
 def main(argv=None) -> int:
     args = _build_parser().parse_args(argv)
+    log = logging.getLogger('basicsr')
+    level = log.level
+    log.setLevel(logging.WARNING)  # per-unit network summaries would drown the progress bars
+    try:
+        return _compare(args)
+    finally:
+        log.setLevel(level)
+
+
+def _compare(args) -> int:
     start = time.time()
     if args.threads:
         import torch
@@ -125,7 +135,6 @@ def main(argv=None) -> int:
     if not fixed and not seeds:
         raise ValueError('--seeds must be at least 1')
 
-    logging.getLogger('basicsr').setLevel(logging.WARNING)  # per-unit network summaries would drown the bars
     weights = preset['network'].get('encoder_weights')
     print(f'{len(train)} training / {len(test)} test pairs; preset {osp.basename(preset["_path"])}: '
           f'{preset["network"].get("arch")}/{preset["network"].get("encoder_name")} at {preset["size"][0]}x'

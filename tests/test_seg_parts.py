@@ -92,11 +92,15 @@ def test_segmenter_any_size_and_local_encoder_weights(tmp_path):
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    logging.getLogger('basicsr').addHandler(handler)
+    log = logging.getLogger('basicsr')
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     try:
         source = build_network(opt)
     finally:
-        logging.getLogger('basicsr').removeHandler(handler)
+        log.removeHandler(handler)
+        log.setLevel(level)
     assert any('encoder randomly initialised' in r.getMessage() for r in records)   # the log says so
     out = source(torch.rand(1, 3, 50, 70))
     assert out.shape == (1, 5, 50, 70)              # padded to a multiple of 32 inside, cropped back
