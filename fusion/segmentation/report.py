@@ -146,13 +146,13 @@ def _tile(img_rgb: np.ndarray, width: int, height: int, text: Optional[str] = No
 
 def prediction_grid(names: Sequence[str], vis_dir: str, label_dir: str, pred_dirs: Mapping[str, str], info: Mapping,
                     tile_width: int = 224) -> np.ndarray:
-    """RGB picture: one row per test image, columns visible, label, then each method's prediction
+    """RGB picture: one row per test image, columns visible, ground-truth label, then each method's prediction
     (palette PNGs written by the protocol); a legend of the palette at the bottom."""
     classes = list(info['classes'])
     palette = as_palette(info.get('palette'), len(classes))
     vis_files = find_images(vis_dir, names, 'visible')
     label_files = find_images(label_dir, names, 'label')
-    columns = ['visible', 'label'] + list(pred_dirs)
+    columns = ['visible', 'ground truth'] + list(pred_dirs)
     rows = []
     tile_h = None
     for name in names:
