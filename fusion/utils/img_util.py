@@ -123,6 +123,17 @@ def read_vis_ycrcb(path: str) -> Tuple[np.ndarray, bool]:
     return vis_ycrcb_from_array(read_image(path), path)
 
 
+def read_rgb(path: str) -> np.ndarray:
+    """Reads any image as RGB float32 H x W x 3 in [0, 1] (grey images repeated to 3 channels).
+    Used by the segmentation datasets, whose segmenters see the fused colour image."""
+    img = drop_alpha(read_image(path))
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    else:
+        img = np.ascontiguousarray(img[..., ::-1])  # OpenCV's BGR -> RGB
+    return _to_unit_float(img, path)
+
+
 def read_gray(path: str) -> np.ndarray:
     """Reads any image as grey float32 in the 0-255 range (rounded as the common metric code reads
     it: OpenCV BGR->GRAY on float, then ``np.round``). Used by the metrics and evaluation."""
