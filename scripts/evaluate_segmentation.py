@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Dict, List
 
+
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
 from tqdm import tqdm  # noqa: E402

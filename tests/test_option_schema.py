@@ -38,7 +38,7 @@ def _errors(opt: dict, is_train: bool = True) -> str:
 
 
 @pytest.mark.parametrize('name,is_train', [('train_sage.yml', True), ('train_sage_quick_cpu.yml', True),
-                                           ('test_sage.yml', False)])
+                                           ('test_sage.yml', False), ('seg_mfnet.yml', True)])
 def test_shipped_option_files_are_valid(name, is_train):
     validate_options(_load(name), is_train, source=name)
 

@@ -12,8 +12,9 @@ from basicsr.archs import build_network
 from basicsr.data import build_dataset
 
 from fusion.data.segmentation_dataset import read_label, read_name_list
-from fusion.models.warmup_poly_lr import WarmupPolyLR
+from fusion.models.lr_scheduler import WarmupPolyLR
 from fusion.utils.img_util import ImageReadError
+
 
 MFNET = osp.join(osp.dirname(__file__), osp.pardir, 'datasets', 'MFNet')
 

@@ -18,6 +18,7 @@ from fusion.segmentation.protocol import SegmentationInputs, prepare_baselines, 
 from fusion.segmentation.report import summarize
 from fusion.utils.img_util import ImageReadError
 
+
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 MFNET = osp.join(ROOT, 'datasets', 'MFNet')
 NAMES = ['00101D', '00104D', '00106D', '00112D', '00701N', '00703N']

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 MFNET = osp.join(ROOT, 'datasets', 'MFNet')
 # runs a pipeline with an arbitrary root path (fusion/train.py always uses the repository)

@@ -22,6 +22,7 @@ from torch import nn
 
 from fusion.utils.checkpoint_util import load_checkpoint_file
 
+
 # ImageNet statistics: what every pretrained smp / SegFormer encoder expects
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)

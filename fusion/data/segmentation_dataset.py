@@ -13,6 +13,8 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data as data
 
 from fusion.utils.img_util import IMG_EXTENSIONS, ImageReadError, list_images, read_image, read_rgb
+from fusion.utils.option_schema import Required
+
 
 __all__ = ['SegmentationDataset', 'read_label', 'read_name_list', 'find_images']
 
@@ -112,6 +114,14 @@ class SegmentationDataset(data.Dataset):
     Items: ``img`` (3 x H x W float in [0, 1]; grey images are repeated), ``label`` (H x W int64),
     ``name``, ``img_path``, ``label_path``. Sizes of image and label files must agree.
     """
+
+    # the keys read here (fusion.utils.option_schema; docs/options.md); basicsr adds ``phase``
+    OPTIONS = {
+        'dataroot_img': Required('str'), 'dataroot_label': Required('str'), 'meta_info': 'str',
+        'num_classes': Required('int'), 'ignore_index': 'int', 'classes': 'list', 'palette': 'list',
+        'size': 'list', 'label_full_res': 'bool', 'use_hflip': 'bool', 'scale_range': 'list', 'cache': 'bool',
+        'phase': 'str',
+    }
 
     def __init__(self, opt: dict, names: Optional[Sequence[str]] = None) -> None:
         """``names``: the pairs to use, given from Python (instead of ``meta_info``)."""

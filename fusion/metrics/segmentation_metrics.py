@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from basicsr.utils.registry import METRIC_REGISTRY
 
+
 ArrayOrTensor = Union[np.ndarray, torch.Tensor]
 
 __all__ = ['confusion_matrix', 'class_iou', 'mean_iou', 'pixel_accuracy', 'segmentation_scores',

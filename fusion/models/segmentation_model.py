@@ -18,10 +18,12 @@ from tqdm import tqdm
 
 from fusion.metrics.segmentation_metrics import confusion_matrix, segmentation_scores
 from fusion.models.fusion_base_model import FusionBaseModel
-from fusion.models.sage_model import capture_rng_state
-from fusion.models.warmup_poly_lr import WarmupPolyLR
+from fusion.models.lr_scheduler import build_scheduler
 from fusion.utils.img_util import imwrite_atomic
+from fusion.utils.option_schema import Component, Required
 from fusion.utils.palette_util import as_palette, colorize
+from fusion.utils.rng_util import capture_rng_state
+
 
 # parameters of these kinds get no weight decay with train.no_decay_norm (SegFormer recipe)
 _NO_DECAY_KEYS = ('norm', 'pos_block', 'bias')
@@ -43,20 +45,6 @@ def segmenter_param_groups(net: nn.Module, lr: float, weight_decay: float, head_
                            'weight_decay': 0.0 if no_decay else weight_decay}
         groups[key]['params'].append(param)
     return [groups[k] for k in sorted(groups)]
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, sched_opt: Optional[dict], total_iter: int):
-    """``WarmupPolyLR`` (default) or any ``torch.optim.lr_scheduler`` class by ``type``."""
-    sched_opt = dict(sched_opt or {'type': 'WarmupPolyLR'})
-    sched_type = sched_opt.pop('type', 'WarmupPolyLR')
-    if sched_type == 'WarmupPolyLR':
-        sched_opt.setdefault('total_iter', total_iter)
-        return WarmupPolyLR(optimizer, **sched_opt)
-    sched_cls = getattr(torch.optim.lr_scheduler, sched_type, None)
-    if sched_cls is None:
-        raise ValueError(f'train.scheduler.type: unknown scheduler {sched_type!r} (WarmupPolyLR or a '
-                         'torch.optim.lr_scheduler class)')
-    return sched_cls(optimizer, **sched_opt)
 
 
 @MODEL_REGISTRY.register()
@@ -84,6 +72,14 @@ class SegmentationModel(FusionBaseModel):
     resolution when the dataset has ``label_full_res: true``; logits are resized to the label) and
     calls the configured metrics on it; ``self.last_scores`` keeps per-class IoU as well.
     """
+
+    # the option keys read here (fusion.utils.option_schema merges OPTIONS along the MRO; docs/options.md)
+    OPTIONS = {
+        'network_g': Required(Component('arch')),
+        'train': {'optim_g': Component('optimizer', default_type='AdamW'), 'head_lr_mult': 'number',
+                  'no_decay_norm': 'bool', 'scheduler': Component('scheduler', default_type='WarmupPolyLR'),
+                  'seg_loss': {'ignore_index': 'int', 'class_weight': 'list'}},
+    }
 
     def __init__(self, opt: dict) -> None:
         super().__init__(opt)
@@ -116,7 +112,8 @@ class SegmentationModel(FusionBaseModel):
                                         bool(train_opt.get('no_decay_norm', True)))
         self.optimizer_g = self.get_optimizer(optim_type, groups, lr, **optim_opt)
         self.optimizers = [self.optimizer_g]
-        self.schedulers = [build_scheduler(self.optimizer_g, train_opt.get('scheduler'), int(train_opt['total_iter']))]
+        sched_opt = dict(train_opt.get('scheduler') or {'type': 'WarmupPolyLR'})
+        self.schedulers = [build_scheduler(self.optimizer_g, sched_opt, int(train_opt['total_iter']))]
         self.log_dict = OrderedDict()
 
     def feed_data(self, data: dict) -> None:

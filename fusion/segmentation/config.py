@@ -10,6 +10,7 @@ from typing import Any, Dict, List
 
 import yaml
 
+
 OPTIONS_DIR = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir, osp.pardir, 'options', 'segmentation'))
 
 # keys of a preset file and whether they are required (defaults live in the preset files)

@@ -35,6 +35,7 @@ from fusion.utils.file_util import atomic_write_bytes
 from fusion.utils.img_util import ImageReadError, check_same_size, imwrite_atomic, read_gray
 from fusion.utils.palette_util import as_palette, colorize
 
+
 __all__ = ['BASELINE_KINDS', 'SegmentationInputs', 'ProtocolResult', 'split_names', 'prepare_baselines',
            'class_weights', 'model_options', 'run_protocol', 'picture_names', 'FIXED_UNIT']
 
@@ -216,7 +217,7 @@ def _train(model, dataset: SegmentationDataset, total_iter: int, batch_size: int
             if current >= total_iter:
                 break
             positions = range(b * batch_size, (b + 1) * batch_size)
-            items = [samples[(order[p], sample_seed(seed, epoch, 0, p))] for p in positions]
+            items = [samples[(order[p], sample_seed(seed, epoch, p))] for p in positions]
             model.feed_data({'img': torch.stack([x['img'] for x in items]),
                              'label': torch.stack([x['label'] for x in items])})
             current += 1

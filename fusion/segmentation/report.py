@@ -18,6 +18,7 @@ from fusion.utils.file_util import atomic_write_bytes
 from fusion.utils.img_util import read_rgb
 from fusion.utils.palette_util import as_palette, colorize
 
+
 __all__ = ['summarize', 'format_table', 'write_reports', 'prediction_grid']
 
 
