@@ -51,6 +51,7 @@ def _mkldnn_ops_available(dtype: torch.dtype = torch.float32) -> bool:
         return False
     try:
         gen = torch.Generator().manual_seed(0)
+
         def make(*shape: int) -> torch.Tensor:
             return torch.randn(*shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
 
