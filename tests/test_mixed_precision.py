@@ -2,7 +2,9 @@
 the teacher's validation in bf16, ``train.amp`` bf16 / fp16 (autocast on every network, losses in
 float32, the fp16 GradScaler saved and restored on resume) and ``train.channels_last``."""
 import copy
+import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 
@@ -93,16 +95,21 @@ def test_bf16_tiling_and_unsupported_precisions(student):
 
 @pytest.mark.slow
 def test_inference_script_precision(tmp_path):
-    ir_dir, vis_dir = osp.join(DATASETS, 'MFNet', 'ir'), osp.join(DATASETS, 'MFNet', 'vi')
+    ir_dir, vis_dir = tmp_path / 'ir', tmp_path / 'vi'  # one 480x640 MFNet pair keeps it short
+    for folder, src in ((ir_dir, 'ir'), (vis_dir, 'vi')):
+        folder.mkdir()
+        shutil.copy(osp.join(DATASETS, 'MFNet', src, '00104D.png'), folder / '00104D.png')
+    ir_dir, vis_dir = str(ir_dir), str(vis_dir)
     outs = {}
     for precision in ('fp32', 'bf16'):
         out = tmp_path / precision
         result = subprocess.run([sys.executable, 'scripts/inference.py', '--ir', ir_dir, '--vis', vis_dir,
                                  '--output', str(out), '--device', 'cpu', '--precision', precision],
                                 cwd=ROOT, capture_output=True, text=True, timeout=600,
-                                env={**__import__('os').environ, 'OMP_NUM_THREADS': '1'})
+                                env={**os.environ, 'OMP_NUM_THREADS': '1'})
         assert result.returncode == 0, result.stderr[-2000:]
         outs[precision] = out
+    assert [p.name for p in outs['fp32'].iterdir()] == ['00104D.png']
     for path in sorted(outs['fp32'].iterdir()):
         a = cv2.imread(str(path)).astype(np.float64)
         b = cv2.imread(str(outs['bf16'] / path.name)).astype(np.float64)

@@ -218,11 +218,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       'first_losses': losses[v]}
         if v in memory:
             results[v]['peak_memory'] = memory[v]
-    amp = round(medians['fp32'] / medians['bf16'], 3) if {'fp32', 'bf16'} <= set(medians) else None
+    amp = paired = None
+    if {'fp32', 'bf16'} <= set(medians):
+        amp = round(medians['fp32'] / medians['bf16'], 3)
+        # the repeats ran side by side: each pair's ratio saw the same load
+        paired = round(statistics.median(a / b for a, b in zip(times['fp32'], times['bf16'])), 3)
     report = {
         'amp_speedup': amp,
         'amp_speedup_definition': 'median fp32 alternation / median bf16 (train.amp bf16 + channels_last) '
                                   f'alternation, {size_str(args.size)} crops, batch {args.batch}, {device.type}',
+        'amp_speedup_paired_median': paired,
         'variants': results,
         'contrastive_encoder': encoder,
         'meta': machine_meta(
