@@ -46,19 +46,19 @@ def load_student(model_path: Optional[str] = None, device: Union[str, torch.devi
 
 def fuse_folders(ir_dir: str, vis_dir: str, output_dir: str, net: torch.nn.Module, ext: str = 'png',
                  fast: bool = True, batch_size: int = 4, tile_size: Optional[int] = None,
-                 tile_overlap: Optional[int] = None, progress: bool = True) -> List[str]:
+                 tile_overlap: Optional[int] = None, progress: bool = True, precision: str = 'fp32') -> List[str]:
     """Fuses every pair of ``ir_dir``/``vis_dir`` into ``output_dir/<pair name>.<ext>``.
 
     Pairs are checked before any work starts, so a missing partner fails fast; up to
     ``batch_size`` pairs of equal size are fused together; each output file is written
-    atomically. ``tile_overlap`` None: the network's default (see :class:`FusionInferencer`).
-    Returns the written paths.
+    atomically. ``tile_overlap`` None: the network's default (see :class:`FusionInferencer`);
+    ``precision``: fp32 | bf16 | fp16 (CUDA), see :class:`FusionInferencer`. Returns the written paths.
     """
     check_output_location(output_dir, [('--ir', ir_dir), ('--vis', vis_dir)], what='--output')
     pairs = list_pairs(ir_dir, vis_dir)
     device = next(net.parameters()).device
     runner = FusionInferencer(net, device, fast=fast, max_batch=batch_size, tile_size=tile_size,
-                              tile_overlap=tile_overlap)
+                              tile_overlap=tile_overlap, precision=precision)
     written = []
     with tqdm(total=len(pairs), unit='pair', disable=not progress, desc='Fusing') as pbar:
         for start in range(0, len(pairs), batch_size):

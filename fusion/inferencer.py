@@ -14,7 +14,9 @@ so it knows no concrete arch:
 
 Under ``torch.inference_mode`` it batches pairs of equal size, picks the memory format per device
 (channels_last on CPU, NCHW on CUDA: measured), keeps float32 convolutions exact on CUDA (no TF32)
-and can tile images too large for memory (:mod:`fusion.utils.tiling`).
+and can tile images too large for memory (:mod:`fusion.utils.tiling`). ``precision='bf16'`` (or
+``'fp16'`` on CUDA) runs a copy of the network, weights and activations, in that dtype; results
+come back as float32 (docs/mixed_precision.md).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fusion.utils.precision_util import check_precision_supported, parse_precision, precision_dtype
 from fusion.utils.tiling import blend_tiles, tiled_forward
 
 
@@ -98,6 +101,9 @@ class FusionInferencer:
         tile_overlap: overlap between neighbouring tiles in pixels; None: 3 x the network's
             ``tile_margin`` (96 for the SAGE student: untiled results within 1e-6), else
             ``DEFAULT_TILE_OVERLAP``. Smaller values blend smoothly but differ more.
+        precision: 'fp32' (default, exact) | 'bf16' (CPU with AVX512-BF16/AMX, recent GPUs) |
+            'fp16' (CUDA only): the network (after ``fuse_for_inference()``, so BN is folded in
+            float64 and rounded once) and its inputs are cast to that dtype; outputs are float32.
 
     Call it with a sequence of ``(vis_y, ir)`` pairs (tensors or arrays of shape H x W,
     1 x H x W or 1 x 1 x H x W, float in [0, 1]); it returns one 1 x H x W float32 CPU tensor (the
@@ -108,12 +114,15 @@ class FusionInferencer:
     def __init__(self, net: nn.Module, device: Union[str, torch.device] = 'cpu', *, fast: bool = True,
                  channels_last: Union[bool, str] = 'auto', max_batch: int = 4,
                  tile_size: Optional[Union[int, Tuple[int, int]]] = None,
-                 tile_overlap: Optional[int] = None) -> None:
+                 tile_overlap: Optional[int] = None, precision: str = 'fp32') -> None:
         if max_batch < 1:
             raise ValueError(f'max_batch must be >= 1, got {max_batch}')
         self.device = torch.device(device)
         if self.device.type == 'cuda' and not torch.cuda.is_available():
             raise RuntimeError(f'device {device!r} requested but CUDA is not available')
+        self.precision = parse_precision(precision)
+        check_precision_supported(self.precision, self.device)
+        self.dtype = precision_dtype(self.precision)
         self.fast = fast and callable(getattr(net, 'fuse_for_inference', None))
         # the plain path stays as the official code runs it (NCHW) unless asked otherwise
         self.channels_last = (False if not self.fast and channels_last == 'auto'
@@ -125,7 +134,7 @@ class FusionInferencer:
         self.tile_overlap = int(tile_overlap if tile_overlap is not None
                                 else 3 * margin if margin is not None else DEFAULT_TILE_OVERLAP)
         deployed = net.fuse_for_inference() if self.fast else copy.deepcopy(net).eval()
-        deployed = deployed.to(self.device)
+        deployed = deployed.to(self.device, self.dtype)
         if self.channels_last:
             deployed = deployed.to(memory_format=torch.channels_last)
         self.net = deployed.requires_grad_(False)
@@ -133,28 +142,33 @@ class FusionInferencer:
 
     def _forward(self, vis_y: torch.Tensor, ir: torch.Tensor, **kwargs) -> torch.Tensor:
         out = self.net(vis_y, ir, **kwargs)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return out.float()  # tiles are blended in float32 whatever the network's precision
 
     def fuse(self, vis_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-        """One batch: B x 1 x H x W vis_y and ir in [0, 1] -> fused Y, B x 1 x H x W on the device."""
+        """One batch: B x 1 x H x W vis_y and ir in [0, 1] -> fused Y, B x 1 x H x W float32 on the
+        device."""
         if vis_y.shape != ir.shape or vis_y.dim() != 4 or vis_y.shape[1] != 1:
             raise ValueError(f'vis_y and ir must both be B x 1 x H x W, got {tuple(vis_y.shape)} and {tuple(ir.shape)}')
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        vis_y = vis_y.to(self.device, torch.float32, non_blocking=True).contiguous(memory_format=memory_format)
-        ir = ir.to(self.device, torch.float32, non_blocking=True).contiguous(memory_format=memory_format)
+        vis_y = vis_y.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=memory_format)
+        ir = ir.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=memory_format)
         with torch.inference_mode(), exact_fp32(self.device):
-            h, w = vis_y.shape[-2:]
-            if self.tile_size is None or not _larger_than(h, w, self.tile_size):
-                return self._forward(vis_y, ir)
-            if not self.windowed:  # without the window: exact for H, W multiples of size_multiple
-                return tiled_forward(self._forward, [vis_y, ir], self.tile_size, self.tile_overlap,
-                                     multiple=self.size_multiple)
+            return self._fuse(vis_y, ir)
 
-            def run_tile(top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-                return self._forward(vis_y[..., top:bottom, left:right], ir[..., top:bottom, left:right],
-                                     window=(top, left, h, w))
+    def _fuse(self, vis_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        h, w = vis_y.shape[-2:]
+        if self.tile_size is None or not _larger_than(h, w, self.tile_size):
+            return self._forward(vis_y, ir)
+        if not self.windowed:  # without the window: exact for H, W multiples of size_multiple
+            return tiled_forward(self._forward, [vis_y, ir], self.tile_size, self.tile_overlap,
+                                 multiple=self.size_multiple)
 
-            return blend_tiles(run_tile, h, w, self.tile_size, self.tile_overlap, multiple=self.size_multiple)
+        def run_tile(top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+            return self._forward(vis_y[..., top:bottom, left:right], ir[..., top:bottom, left:right],
+                                 window=(top, left, h, w))
+
+        return blend_tiles(run_tile, h, w, self.tile_size, self.tile_overlap, multiple=self.size_multiple)
 
     def __call__(self, pairs: Sequence[Tuple[TensorOrArray, TensorOrArray]]) -> List[torch.Tensor]:
         inputs = []

@@ -11,15 +11,17 @@ final_decoder); two exact rewrites remove memory traffic:
   concatenation (a full-resolution 64-channel copy) disappears and part of the 1x1 work runs at the
   lower resolution;
 - on CPU, conv + bias + LeakyReLU, conv + add and conv + Tanh run as single oneDNN kernels
-  (``torch.ops.mkldnn._convolution_pointwise``), in channels_last. Elsewhere (CUDA, ONNX export, a
-  torch without those ops) the same graph runs with standard ops.
+  (``torch.ops.mkldnn._convolution_pointwise``), in channels_last, in float32 or bfloat16 (a
+  bf16 copy: ``.to(torch.bfloat16)``, as ``FusionInferencer(precision='bf16')`` makes). Elsewhere
+  (CUDA, ONNX export, a torch without those ops) the same graph runs with standard ops.
 
-Results equal the plain eval-mode student to ~1e-6 (float rounding only). Speed: docs/benchmarks.md.
+Results equal the plain eval-mode student to ~1e-6 in float32 (float rounding only); bf16 is
+~55 dB PSNR from it (docs/mixed_precision.md). Speed: docs/benchmarks.md.
 """
 from __future__ import annotations
 
 import logging
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +36,13 @@ LEAKY_SLOPE = 0.01
 # --------------------------------------------------------------------------------------------
 # oneDNN fused kernels (CPU)
 # --------------------------------------------------------------------------------------------
-def _mkldnn_ops_available() -> bool:
-    """True when this torch has oneDNN's fused conv kernels and they give the reference result.
+def _mkldnn_ops_available(dtype: torch.dtype = torch.float32) -> bool:
+    """True when this torch has oneDNN's fused conv kernels for ``dtype`` (float32 or bfloat16)
+    and they give the reference result.
 
     The ops are private (they back torch.compile on CPU), so they are checked once by running them
-    against the standard ops instead of trusting their presence.
+    against the standard ops (in float32, on the same rounded inputs) instead of trusting their
+    presence.
     """
     if not torch.backends.mkldnn.is_available():
         return False
@@ -47,19 +51,23 @@ def _mkldnn_ops_available() -> bool:
         return False
     try:
         gen = torch.Generator().manual_seed(0)
-        x = torch.rand(1, 4, 9, 11, generator=gen).contiguous(memory_format=torch.channels_last)
-        other = torch.rand(1, 3, 9, 11, generator=gen).contiguous(memory_format=torch.channels_last)
-        w3 = torch.randn(3, 4, 3, 3, generator=gen).contiguous(memory_format=torch.channels_last)
-        w1 = torch.randn(3, 4, 1, 1, generator=gen).contiguous(memory_format=torch.channels_last)
-        b = torch.randn(3, generator=gen)
+
+        def make(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+
+        x, other, w3, w1 = make(1, 4, 9, 11), make(1, 3, 9, 11), make(3, 4, 3, 3), make(3, 4, 1, 1)
+        b = torch.randn(3, generator=gen).to(dtype)
         with torch.inference_mode():
             got_unary = _conv_unary_mkldnn(x, w3, b, 1, 'leaky_relu', [LEAKY_SLOPE])
             got_tanh = _conv_unary_mkldnn(x, w3, b, 1, 'tanh', [])
             got_binary = _conv_add_mkldnn(x, other, w1, b)
+            x, other, w3, w1, b = (t.float() for t in (x, other, w3, w1, b))
             ref_unary = F.leaky_relu(F.conv2d(x, w3, b, padding=1), LEAKY_SLOPE)
             ref_tanh = torch.tanh(F.conv2d(x, w3, b, padding=1))
             ref_binary = F.conv2d(x, w1, b) + other
-        return all(torch.allclose(g, r, atol=1e-5) for g, r in
+        # bf16 outputs are rounded to 8 significant bits
+        tol = 1e-5 if dtype == torch.float32 else 3e-2
+        return all(g.dtype == dtype and torch.allclose(g.float(), r, atol=tol, rtol=tol) for g, r in
                    ((got_unary, ref_unary), (got_tanh, ref_tanh), (got_binary, ref_binary)))
     except Exception as err:  # any failure just means "use the standard ops"
         logger.info('oneDNN fused convolutions unavailable (%s); using standard ops', err)
@@ -81,15 +89,17 @@ def _conv_add_mkldnn(x: torch.Tensor, other: torch.Tensor, weight: torch.Tensor,
         x, other, weight, bias, [0, 0], [1, 1], [1, 1], 1, 'add', 1.0, None, [], None)
 
 
-_MKLDNN_OK: Optional[bool] = None
+_MKLDNN_OK: Dict[torch.dtype, bool] = {}
+FUSED_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def mkldnn_fused_available() -> bool:
-    """Cached :func:`_mkldnn_ops_available` (checked on first use)."""
-    global _MKLDNN_OK
-    if _MKLDNN_OK is None:
-        _MKLDNN_OK = _mkldnn_ops_available()
-    return _MKLDNN_OK
+def mkldnn_fused_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Cached :func:`_mkldnn_ops_available` per dtype (checked on first use)."""
+    if dtype not in FUSED_DTYPES:
+        return False
+    if dtype not in _MKLDNN_OK:
+        _MKLDNN_OK[dtype] = _mkldnn_ops_available(dtype)
+    return _MKLDNN_OK[dtype]
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,9 +193,9 @@ class FastSAGEStudent(nn.Module):
 
     # -- building blocks: fused oneDNN kernels when possible, standard ops otherwise ------------
     def _fused_ok(self, x: torch.Tensor) -> bool:
-        return (self.use_mkldnn and x.device.type == 'cpu' and x.dtype == torch.float32
+        return (self.use_mkldnn and x.device.type == 'cpu' and x.dtype == self.module1[0].weight.dtype
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-                and not torch.onnx.is_in_onnx_export() and mkldnn_fused_available()
+                and not torch.onnx.is_in_onnx_export() and mkldnn_fused_available(x.dtype)
                 and not torch.is_grad_enabled())
 
     def _conv_act(self, conv: nn.Conv2d, x: torch.Tensor, act: str, fused: bool) -> torch.Tensor:

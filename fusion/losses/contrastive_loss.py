@@ -264,7 +264,8 @@ class SAMContrastiveLoss(nn.Module):
         feats = encoder(x)
         if torch.is_tensor(feats):
             feats = [feats]
-        return [F.instance_norm(f) for f in feats]
+        # normalised and compared in float32 (the encoder may run under autocast: train.amp)
+        return [F.instance_norm(f.float()) for f in feats]
 
     def components(self, output: torch.Tensor, ref: torch.Tensor, vis_y: torch.Tensor, ir: torch.Tensor,
                    vis_masks: torch.Tensor, ir_masks: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -26,6 +26,7 @@ from fusion.utils.dist_util import all_gather_objects
 from fusion.utils.file_util import atomic_torch_save
 from fusion.utils.img_util import fused_to_image, imwrite_atomic
 from fusion.utils.option_schema import Choice
+from fusion.utils.precision_util import parse_precision
 from fusion.utils.rng_util import capture_rng_state
 from fusion.utils.sync_batchnorm import convert_sync_batchnorm
 
@@ -68,7 +69,7 @@ class FusionBaseModel(BaseModel):
         'sync_bn': 'bool',  # read by model_to_device
         'val': {'save_img': 'bool', 'save_ext': Choice('png', 'jpg', 'jpeg', 'bmp', 'tif', 'tiff'), 'suffix': 'str|int',
                 'fast_inference': 'bool', 'batch_size': 'int', 'tile_size': 'int', 'tile_overlap': 'int',
-                'pbar': 'bool'},
+                'pbar': 'bool', 'precision': Choice('fp32', 'bf16', 'fp16')},
     }
 
     # ----------------------------------------------------------------------------- networks
@@ -175,16 +176,19 @@ class FusionBaseModel(BaseModel):
         """Fused Y of a deployed student for one batch, as configured in ``val``:
         ``fast_inference`` (default true: the network's deploy-time form from its
         ``fuse_for_inference()``, e.g. BN folded; networks without one run plain), ``tile_size`` /
-        ``tile_overlap`` for images too large for memory. ``net`` is not modified (eval copy), so
+        ``tile_overlap`` for images too large for memory, ``precision`` (``fp32`` default | ``bf16``
+        | ``fp16`` on CUDA; docs/mixed_precision.md). ``net`` is not modified (eval copy), so
         this is safe in the middle of training."""
         val_opt = self.opt.get('val') or {}
         bare = self.get_bare_model(net)
         fast = bool(val_opt.get('fast_inference', True)) and callable(getattr(bare, 'fuse_for_inference', None))
         tile_size = val_opt.get('tile_size')
-        if fast or tile_size:
+        precision = parse_precision(val_opt.get('precision'), 'val.precision')
+        if fast or tile_size or precision != 'fp32':
             overlap = val_opt.get('tile_overlap')
             runner = FusionInferencer(bare, self.device, fast=fast, max_batch=max(1, vis_y.shape[0]),
-                                      tile_size=tile_size, tile_overlap=None if overlap is None else int(overlap))
+                                      tile_size=tile_size, tile_overlap=None if overlap is None else int(overlap),
+                                      precision=precision)
             return runner.fuse(vis_y, ir)
         was_training = bare.training
         bare.eval()

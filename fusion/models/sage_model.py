@@ -18,6 +18,14 @@ Schedule (iterations counted from 1, exactly ``train.total_iter`` of them):
 
 Each network has its own optimizer and learning-rate schedule, counted in its **own** steps (the
 official scheduler counted all batches and only annealed halfway: bug 5).
+
+Mixed precision (docs/mixed_precision.md): ``train.amp`` (``none`` | ``bf16`` | ``fp16``) autocasts
+every network's forward pass (teacher, student, segmentation net, the contrastive loss's SAM
+encoder); network outputs are cast back to float32 and every loss is computed and summed in
+float32. fp16 scales the loss with a ``GradScaler`` per backward kind (teacher + segmentation net;
+student), saved in the training state. ``train.channels_last`` keeps networks and inputs in NHWC
+(what makes bf16 pay on CPUs). ``val.precision`` (``fp32`` | ``bf16`` | ``fp16``) is the precision of
+validation inference, the teacher's included.
 """
 from __future__ import annotations
 
@@ -39,6 +47,8 @@ from fusion.models.lr_scheduler import CosineToMinLR, build_scheduler
 from fusion.utils.img_util import ycrcb_to_rgb
 from fusion.utils.option_schema import Choice, Component, Required
 from fusion.utils.options_util import resolve_path
+from fusion.utils.precision_util import (autocast, check_precision_supported, cpu_has_bf16_units, parse_amp,
+                                         parse_precision, to_float)
 from fusion.utils.rng_util import capture_rng_state
 
 
@@ -86,7 +96,8 @@ class SAGEModel(FusionBaseModel):
             'offline_distillation': 'bool', 'distill_ablations': 'list',
             'feedback_student_mode': Choice(*FEEDBACK_MODES), 'feedback_weight': 'number', 'seg_start_iter': 'int',
             'seg_input': Choice('rgb', 'y'), 'seg_trainable': Choice('auto', True, False), 'ema_decay': 'number',
-            'nonfinite_loss': Choice('raise', 'skip'),
+            'nonfinite_loss': Choice('raise', 'skip'), 'amp': Choice('none', 'bf16', 'fp16', False),
+            'channels_last': 'bool',
             'optim_*': Required(Component('optimizer')),
             'scheduler': Component('scheduler'),
             'scheduler_*': Component('scheduler', default_type='CosineAnnealingLR'),
@@ -119,6 +130,10 @@ class SAGEModel(FusionBaseModel):
     def __init__(self, opt: dict) -> None:
         super().__init__(opt)
         self.logger = get_root_logger()
+        train_opt = (opt.get('train') or {}) if self.is_train else {}
+        self.amp = parse_amp(train_opt.get('amp'))
+        check_precision_supported(self.amp, self.device, 'train.amp', allow_cpu_fp16=True)
+        self.channels_last = bool(train_opt.get('channels_last', False))  # read by model_to_device
         for key in ('network_t', 'network_g'):
             if key not in opt:
                 raise ValueError(f'SAGEModel: option {key} is required (teacher network_t, student network_g)')
@@ -129,6 +144,8 @@ class SAGEModel(FusionBaseModel):
         self.net_g = self.build_net('g')
         # wrapped for DDP only once we know it is trained (a frozen DDP module fails)
         self.net_seg = self.build_net('seg', wrap=False) if opt.get('network_seg') else None
+        if self.net_seg is not None and self.channels_last:
+            self.net_seg.to(memory_format=torch.channels_last)
         self.steps = {'t': 0, 'g': 0, 'seg': 0}
         self.loop_state: dict = {}
         self.resumed_rng: Optional[dict] = None
@@ -171,6 +188,7 @@ class SAGEModel(FusionBaseModel):
         self._build_losses(train_opt)
         self._setup_seg_trainability(train_opt)
         self._setup_ema(train_opt)
+        self._setup_amp()
         self.net_t.train()
         self.net_g.train()
         if self.net_seg is not None:
@@ -184,6 +202,51 @@ class SAGEModel(FusionBaseModel):
             f'({"offline, frozen teacher" if self.offline else "pattern " + str(self.pattern)}); '
             f'teacher steps {counts["t"]}, student steps {counts["g"]}, segmentation-net steps {counts["seg"]}. '
             f'Ablations: {sorted(self.ablations) or "none"}; student feedback mode: {self.feedback_mode}.')
+
+    def model_to_device(self, net: nn.Module) -> nn.Module:
+        """NHWC parameters with ``train.channels_last`` (before any DDP wrapping: DDP's gradient
+        buckets follow the parameters' layout at construction)."""
+        if getattr(self, 'channels_last', False):
+            net = net.to(memory_format=torch.channels_last)
+        return super().model_to_device(net)
+
+    def _setup_amp(self) -> None:
+        """One GradScaler per backward kind for fp16 ('t': teacher + segmentation net, 'g': student),
+        so an overflow in one network's step does not lower the other's scale."""
+        self.scalers: Dict[str, torch.amp.GradScaler] = {}
+        if self.amp == 'fp16':
+            self.scalers = {k: torch.amp.GradScaler(self.device.type) for k in ('t', 'g')}
+            if self.device.type == 'cpu':
+                self.logger.warning('train.amp: fp16 on the CPU runs in software (slower than fp32); use bf16 there.')
+        elif self.amp == 'bf16' and self.device.type == 'cpu' and not cpu_has_bf16_units():
+            self.logger.warning('train.amp: bf16 on a CPU without AVX512-BF16/AMX runs in software and is usually '
+                                'slower than fp32 (docs/mixed_precision.md).')
+        if self.amp != 'none' or self.channels_last:
+            self.logger.info(f'Mixed precision: train.amp {self.amp}, channels_last {self.channels_last}; losses in '
+                             f'float32{", gradient scaling" if self.scalers else ""}.')
+
+    def _amp_forward(self, net: nn.Module, *inputs: torch.Tensor):
+        """``net(*inputs)`` under ``train.amp``'s autocast; outputs back in float32 for the losses
+        (identity for ``amp: none``)."""
+        with autocast(self.device, self.amp):
+            out = net(*inputs)
+        return to_float(out)
+
+    def _backward_and_step(self, total: torch.Tensor, scaler_key: str, names: List[str]) -> None:
+        """Backward of ``total`` and a step of the optimizers ``names``; with fp16 through the
+        GradScaler ``scaler_key`` (a step whose gradients overflowed is skipped by it; the LR
+        schedules still advance, so they end where the options say)."""
+        scaler = self.scalers.get(scaler_key)
+        optimizers = [getattr(self, f'optimizer_{n}') for n in names]
+        if scaler is None:
+            total.backward()
+            for optimizer in optimizers:
+                optimizer.step()
+            return
+        scaler.scale(total).backward()
+        for optimizer in optimizers:
+            scaler.step(optimizer)
+        scaler.update()
 
     def _build_losses(self, train_opt: dict) -> None:
         def build(key: str, required: bool = False) -> Optional[nn.Module]:
@@ -337,6 +400,11 @@ class SAGEModel(FusionBaseModel):
             self.vis_masks, self.ir_masks = data['vis_masks'].to(self.device), data['ir_masks'].to(self.device)
         else:
             self.vis_masks, self.ir_masks = self.vis_patches, self.ir_patches
+        if self.channels_last:
+            for key in ('vis_y', 'ir', 'vis_cr', 'vis_cb', 'vis_patches', 'ir_patches'):
+                t = getattr(self, key)
+                if t is not None:
+                    setattr(self, key, t.contiguous(memory_format=torch.channels_last))
         self._visuals = {}
 
     def _patches(self, data: dict) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -358,7 +426,7 @@ class SAGEModel(FusionBaseModel):
     def _teacher(self, grad: bool) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
         net = self.net_t if grad else self.get_bare_model(self.net_t)
         with torch.set_grad_enabled(grad):
-            return net(self.vis_y, self.ir, self.vis_patches, self.ir_patches)
+            return self._amp_forward(net, self.vis_y, self.ir, self.vis_patches, self.ir_patches)
 
     def _student_for_feedback(self) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
         """The student's output for the teacher's feedback term, without gradient. ``eval``
@@ -370,17 +438,17 @@ class SAGEModel(FusionBaseModel):
             if self.feedback_mode == 'eval':
                 net.eval()
                 try:
-                    return net(self.vis_y, self.ir)
+                    return self._amp_forward(net, self.vis_y, self.ir)
                 finally:
                     net.train()
             if self.feedback_mode == 'batch_stats':
                 saved = {k: v.clone() for k, v in net.named_buffers()}
-                out = net(self.vis_y, self.ir)
+                out = self._amp_forward(net, self.vis_y, self.ir)
                 buffers = dict(net.named_buffers())
                 for k, v in saved.items():
                     buffers[k].copy_(v)
                 return out
-            return net(self.vis_y, self.ir)
+            return self._amp_forward(net, self.vis_y, self.ir)
 
     def _seg_logits(self, fused_y: torch.Tensor) -> torch.Tensor:
         # a segmenter (pretrained and frozen, or trained here) sees a real image in [0, 1], as the
@@ -391,7 +459,7 @@ class SAGEModel(FusionBaseModel):
             img = ycrcb_to_rgb(fused_y.clamp(0, 1), self.vis_cr, self.vis_cb)
         else:
             img = fused_y
-        return self.net_seg(img.clamp(0, 1))
+        return self._amp_forward(self.net_seg, img.clamp(0, 1))
 
     # ------------------------------------------------------------------------------------------ steps
     TEACHER_LOG_KEYS = tuple([f'l_t_{k}' for k in _CONTEXT_TERMS] + ['l_t_seg']
@@ -454,14 +522,12 @@ class SAGEModel(FusionBaseModel):
                                              self.feedback_weight, self.cri_feedback_feature)
         log['l_t_total'] = total.detach()
         self._visuals['teacher'] = fused_t.detach()
+        seg_steps = seg_on and self.seg_trainable
         if self._check_finite(total, log, 'teacher'):
-            total.backward()
-            self.optimizer_t.step()
-            if seg_on and self.seg_trainable:
-                self.optimizer_seg.step()
+            self._backward_and_step(total, 't', ['t', 'seg'] if seg_steps else ['t'])
         # a skipped step still counts in the schedule (count_steps): the LR ends at eta_min
         self.scheduler_step('t')
-        if seg_on and self.seg_trainable:
+        if seg_steps:
             self.scheduler_step('seg')
 
     def _distillation_terms(self, total, log: dict, prefix: str, fused: torch.Tensor, feats, ref: torch.Tensor,
@@ -478,7 +544,9 @@ class SAGEModel(FusionBaseModel):
                     vis_w, ir_w = self.vis_masks, self.ir_masks
                 else:
                     vis_w, ir_w = self.vis_patches, self.ir_patches
-                parts = self.cri_contrastive.components(fused, ref, self.vis_y, self.ir, vis_w, ir_w)
+                # its SAM encoder is a network (autocast); the loss takes its distances in float32
+                with autocast(self.device, self.amp):
+                    parts = self.cri_contrastive.components(fused, ref, self.vis_y, self.ir, vis_w, ir_w)
                 terms.update((f'cs_{k}', v) for k, v in parts.items())
             for k, v in terms.items():
                 v = weight * v if weight != 1 else v
@@ -495,13 +563,12 @@ class SAGEModel(FusionBaseModel):
         self._visuals['teacher'] = fused_t
         self.net_g.train()
         self.optimizer_g.zero_grad(set_to_none=True)
-        fused_s, feats_s = self.net_g(self.vis_y, self.ir)
+        fused_s, feats_s = self._amp_forward(self.net_g, self.vis_y, self.ir)
         total = self._distillation_terms(0, log, 'l_g_', fused_s, feats_s, fused_t, feats_t, 1.0, self.cri_feature)
         log['l_g_total'] = total.detach()
         self._visuals['student'] = fused_s.detach()
         if self._check_finite(total, log, 'student'):
-            total.backward()
-            self.optimizer_g.step()
+            self._backward_and_step(total, 'g', ['g'])
             if self.ema_decay > 0:
                 self.model_ema(decay=self.ema_decay)
         self.scheduler_step('g')  # a skipped step still counts in the schedule (count_steps)
@@ -517,8 +584,9 @@ class SAGEModel(FusionBaseModel):
         n = min(max_images, self.vis_y.shape[0])
         if 'teacher' not in self._visuals:
             with torch.no_grad():
-                self._visuals['teacher'] = self.get_bare_model(self.net_t)(
-                    self.vis_y[:n], self.ir[:n], self.vis_patches[:n], self.ir_patches[:n])[0]
+                self._visuals['teacher'] = self._amp_forward(
+                    self.get_bare_model(self.net_t), self.vis_y[:n], self.ir[:n], self.vis_patches[:n],
+                    self.ir_patches[:n])[0]
         if 'student' not in self._visuals:
             self._visuals['student'] = self._plain_student(self.vis_y[:n], self.ir[:n])
         out = OrderedDict(ir=self.ir[:n], vis=self.vis_y[:n], teacher=self._visuals['teacher'][:n],
@@ -542,20 +610,25 @@ class SAGEModel(FusionBaseModel):
 
     def _teacher_inference(self, vis_y: torch.Tensor, ir: torch.Tensor, vis_p: torch.Tensor,
                            ir_p: torch.Tensor) -> torch.Tensor:
-        """Teacher on a full validation image: padded (reflect) to even sides >= 16, cropped back."""
+        """Teacher on a full validation image: padded (reflect) to even sides >= 16, cropped back;
+        in ``val.precision`` (autocast; float32 out), NHWC with ``train.channels_last``."""
+        precision = parse_precision((self.opt.get('val') or {}).get('precision'), 'val.precision')
+        check_precision_supported(precision, self.device, 'val.precision')
         h, w = vis_y.shape[-2:]
         ph, pw = max(16, h + h % 2), max(16, w + w % 2)
         tensors = [vis_y, ir, vis_p, ir_p]
         if (ph, pw) != (h, w):
             mode = 'reflect' if (ph - h < h and pw - w < w) else 'replicate'
             tensors = [torch.nn.functional.pad(t, (0, pw - w, 0, ph - h), mode=mode) for t in tensors]
+        if self.channels_last:
+            tensors = [t.contiguous(memory_format=torch.channels_last) for t in tensors]
         net = self.get_bare_model(self.net_t)
         was_training = net.training
         net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.device, precision):
             out = net(*tensors)[0]
         net.train(was_training)
-        return out[..., :h, :w]
+        return out[..., :h, :w].float()
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img: bool) -> Dict[str, float]:
         """Validates the student (its EMA when there is one; ``val.use_ema``), and the teacher too
@@ -590,7 +663,8 @@ class SAGEModel(FusionBaseModel):
         last_log = {k: float(v) for k, v in (getattr(self, 'log_dict', None) or getattr(self, '_last_log', {})).items()}
         return {'sage': {'steps': dict(self.steps), 'seg_frozen': not self.seg_trainable,
                          'optimizer_names': list(self.optimizer_names), 'last_log': last_log},
-                'rng': capture_rng_state(), 'loop': dict(self.loop_state)}
+                'rng': capture_rng_state(), 'loop': dict(self.loop_state),
+                'amp': {'mode': self.amp, 'scalers': {k: s.state_dict() for k, s in self.scalers.items()}}}
 
     def resume_training(self, resume_state: dict) -> None:
         sage = resume_state.get('sage') or {}
@@ -613,3 +687,9 @@ class SAGEModel(FusionBaseModel):
             self._last_log = OrderedDict((k, torch.tensor(v, device=self.device)) for k, v in sage['last_log'].items())
         self.loop_state = dict(resume_state.get('loop') or {})
         self.resumed_rng = resume_state.get('rng')
+        saved_scalers = (resume_state.get('amp') or {}).get('scalers') or {}
+        for key, scaler in self.scalers.items():
+            if saved_scalers.get(key):
+                scaler.load_state_dict(saved_scalers[key])
+            else:  # e.g. the run was started with amp none or bf16
+                self.logger.warning(f'resume: no saved fp16 gradient scaler "{key}"; starting a fresh one')

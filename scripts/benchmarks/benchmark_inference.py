@@ -10,6 +10,10 @@ of
 * ``student_ours``: :class:`fusion.inferencer.FusionInferencer` on the student's ``fuse_for_inference()``
   (BN folded, fused oneDNN kernels on CPU, channels_last, inference_mode, exact fp32 on CUDA), batch 1;
 * ``student_ours_bN``: the same with N equal-size pairs per call (time per image);
+* ``student_ours_bf16``: the same fast path in bfloat16 (``FusionInferencer(precision='bf16')``: a
+  bf16 copy of the folded weights, bf16 activations in channels_last, oneDNN's fused bf16 kernels
+  on CPU), batch 1; its ``psnr_vs_fp32_db`` is the PSNR of its output against the fp32 fast path's
+  (``--no-bf16`` leaves it out; on CUDA only where the GPU supports bf16);
 * ``teacher``: :class:`SAGETeacher` (random weights; speed does not depend on them) with
   mask_num 4 patch channels, when the arch is importable. On CPU only at ``--teacher-cpu-sizes``
   (its attention is O((HW/16)^2): 768x1024 needs tens of GB and minutes on CPU).
@@ -24,7 +28,9 @@ real M3FD image resized to the size (on CUDA torch's defaults let cuDNN use TF32
 which shows up there as ~5e-4; ours keeps fp32 exact).
 
 Prints a table and one JSON object (also written to ``--json``); ``"student_speedup"`` is
-plain / ours at ``--speedup-size`` (default 480x640) on the CPU.
+plain / ours at ``--speedup-size`` (default 480x640) on the CPU, ``"bf16_speedup"`` plain /
+ours_bf16 there (the CPU flags in ``meta.cpu`` say whether bf16 has hardware behind it:
+``avx512_bf16`` or ``amx_bf16``).
 
 Examples::
 
@@ -36,6 +42,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import os.path as osp
 import statistics
@@ -50,6 +57,7 @@ import fusion  # noqa: E402,F401  (basicsr fixes + registries)
 from fusion.archs.sage_student_arch import SAGEStudent  # noqa: E402
 from fusion.inference import DEFAULT_MODEL, load_student  # noqa: E402
 from fusion.inferencer import FusionInferencer, exact_fp32  # noqa: E402
+from fusion.utils.precision_util import cpu_has_bf16_units  # noqa: E402
 
 
 def try_import_teacher():
@@ -69,6 +77,9 @@ def bench_device(device: torch.device, args: argparse.Namespace, student: SAGESt
     print(f'[{device}] fp32 matmul {matmul["n"]}^3: {matmul["gflops"]:.1f} GFLOP/s', file=sys.stderr)
     plain = student.to(device).eval()
     ours = FusionInferencer(student, device, max_batch=args.batch)
+    ours_bf16 = None
+    if not args.no_bf16 and (device.type == 'cpu' or torch.cuda.is_bf16_supported()):
+        ours_bf16 = FusionInferencer(student, device, max_batch=1, precision='bf16')
     fast_params = n_params(ours.net)
     for size in args.sizes:
         h, w = size
@@ -87,6 +98,8 @@ def bench_device(device: torch.device, args: argparse.Namespace, student: SAGESt
         fns = {'student_plain': run_plain, 'student_ours': lambda: ours.fuse(vis, ir)}
         if args.batch > 1:
             fns[f'student_ours_b{args.batch}'] = lambda: ours.fuse(vis_b, ir_b)
+        if ours_bf16 is not None:
+            fns['student_ours_bf16'] = lambda: ours_bf16.fuse(vis, ir)
         # equality against the exact fp32 student: on CUDA torch's default lets cuDNN use TF32 for
         # fp32 convolutions, which moves the plain output by ~5e-4 (reported separately)
         with exact_fp32(device):
@@ -94,6 +107,12 @@ def bench_device(device: torch.device, args: argparse.Namespace, student: SAGESt
         diffs = {'student_ours': float((plain_exact - ours.fuse(vis, ir)).abs().max())}
         if args.batch > 1:
             diffs[f'student_ours_b{args.batch}'] = float((plain_exact - ours.fuse(vis_b, ir_b)).abs().max())
+        psnr_bf16 = None
+        if ours_bf16 is not None:
+            out_bf16 = ours_bf16.fuse(vis, ir)
+            diffs['student_ours_bf16'] = float((plain_exact - out_bf16).abs().max())
+            mse = float(((ours.fuse(vis, ir).clamp(0, 1) - out_bf16.clamp(0, 1)) ** 2).mean())
+            psnr_bf16 = 10 * math.log10(1 / mse) if mse > 0 else float('inf')
         plain_default_diff = float((plain_exact - run_plain()).abs().max())
         times = time_interleaved(fns, device, args.warmup, args.repeats, f'{device} {size_str(size)} student')
         plain_median = statistics.median(times['student_plain'])
@@ -108,11 +127,17 @@ def bench_device(device: torch.device, args: argparse.Namespace, student: SAGESt
             else:
                 row['speedup_vs_plain'] = plain_median / row['median_ms'] * 1000.0
                 row['max_abs_diff_vs_exact'] = diffs[name]
+            if name == 'student_ours_bf16':
+                row['psnr_vs_fp32_db'] = psnr_bf16
             rows.append(row)
         speedup = plain_median / statistics.median(times['student_ours'])
         print(f'[{device}] {size_str(size)}: plain {plain_median * 1e3:.1f} ms, '
               f'ours {statistics.median(times["student_ours"]) * 1e3:.1f} ms, x{speedup:.2f}, '
               f'max |diff| {diffs["student_ours"]:.1e}', file=sys.stderr)
+        if ours_bf16 is not None:
+            bf16_median = statistics.median(times['student_ours_bf16'])
+            print(f'[{device}] {size_str(size)}: ours bf16 {bf16_median * 1e3:.1f} ms, '
+                  f'x{plain_median / bf16_median:.2f} vs plain, {psnr_bf16:.1f} dB from fp32', file=sys.stderr)
         bench_teacher(device, args, teacher_cls, size, rows, matmul)
     return {'matmul': matmul}
 
@@ -180,6 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--checkpoint', default=DEFAULT_MODEL, help='student weights (default: the released ones)')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
     parser.add_argument('--no-teacher', action='store_true', help='skip the teacher')
+    parser.add_argument('--no-bf16', action='store_true', help='skip the bf16 fast-path row')
     parser.add_argument('--teacher-cpu-sizes', nargs='*', type=parse_size, default=[(192, 256)],
                         help='sizes at which the teacher runs on CPU (default 192x256; it is added to --sizes)')
     parser.add_argument('--teacher-repeats', type=int, default=3)
@@ -220,19 +246,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if device.type == 'cuda':
             per_device['cuda']['name'] = torch.cuda.get_device_name(device)
 
-    speedup = None
+    speedup = bf16_speedup = None
     for r in rows:
-        if r['device'] == 'cpu' and r['size'] == size_str(args.speedup_size) and r['model'] == 'student_ours':
-            speedup = r['speedup_vs_plain']
+        if r['device'] == 'cpu' and r['size'] == size_str(args.speedup_size):
+            if r['model'] == 'student_ours':
+                speedup = r['speedup_vs_plain']
+            elif r['model'] == 'student_ours_bf16':
+                bf16_speedup = r['speedup_vs_plain']
     report = {
         'student_speedup': speedup,
         'student_speedup_definition': f'median plain / median ours, CPU, {size_str(args.speedup_size)}, batch 1',
+        'bf16_speedup': bf16_speedup,
+        'bf16_speedup_definition': f'median plain (fp32, eval mode) / median ours in bf16, CPU, '
+                                   f'{size_str(args.speedup_size)}, batch 1',
         'rows': rows,
         'devices': per_device,
         'meta': machine_meta(
             load_avg_start=load_at_start, load_avg_end=os.getloadavg(), repeats=args.repeats, warmup=args.warmup,
             checkpoint=osp.relpath(args.checkpoint, ROOT),
-            teacher='measured' if teacher_cls is not None and not args.no_teacher else 'skipped'),
+            teacher='measured' if teacher_cls is not None and not args.no_teacher else 'skipped',
+            cpu_bf16_units=cpu_has_bf16_units()),
     }
     print(format_table(rows))
     emit_json(report, args.json)
