@@ -490,7 +490,7 @@ class SAGEModel(FusionBaseModel):
         if torch.isfinite(total).all():
             return True
         terms = {k: float(v) for k, v in log.items() if float(v) != 0 or not math.isfinite(float(v))}
-        msg = f'SAGEModel: non-finite {which} loss ({float(total)}); terms: {terms}'
+        msg = f'SAGEModel: non-finite {which} loss ({float(total.detach())}); terms: {terms}'
         if self.nonfinite == 'raise':
             raise FloatingPointError(msg + ' (set train.nonfinite_loss: skip to skip such steps)')
         self.logger.warning(msg + ' - step skipped')
