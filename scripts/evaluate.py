@@ -14,7 +14,7 @@ are named, left out of every method, and make the exit status 1.
 import argparse
 import os.path as osp
 import sys
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
@@ -23,24 +23,9 @@ from fusion.metrics.baselines import BASELINES  # noqa: E402
 from fusion.metrics.evaluation import comparison_grid, evaluate_folders, format_table, write_outputs  # noqa: E402
 from fusion.metrics.fusion_metrics import ALL_METRICS, DEFAULT_METRICS  # noqa: E402
 from fusion.metrics.metric_util import keep_freed_memory  # noqa: E402
-from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
+from fusion.utils.cli import add_pair_arguments, parse_named_folders, run_cli  # noqa: E402
 from fusion.utils.file_util import check_output_location  # noqa: E402
 from fusion.utils.img_util import ImageReadError, imwrite_atomic  # noqa: E402
-
-
-def _parse_methods(items: List[str]) -> Dict[str, str]:
-    methods: Dict[str, str] = {}
-    for item in items:
-        name, sep, folder = item.partition('=')
-        name = name.strip()
-        if not sep or not name or not folder:
-            raise ValueError(f'--fused expects NAME=DIR, got {item!r}')
-        if name in methods:
-            raise ValueError(f'method name {name!r} given twice')
-        if not osp.isdir(folder):
-            raise ImageReadError(f'{folder}: no such folder (fused images of method {name!r})')
-        methods[name] = folder
-    return methods
 
 
 def _parse_metric_list(values: Optional[List[str]]) -> Optional[List[str]]:
@@ -72,7 +57,7 @@ def main(argv=None) -> int:
     keep_freed_memory()  # image-sized temporaries: ~40 % faster on machines with costly page faults
 
     try:
-        methods = _parse_methods(args.fused)
+        methods = parse_named_folders(args.fused)
         check_output_location(args.out, [('--ir', args.ir), ('--vis', args.vis)]
                               + [(f'--fused {name}', folder) for name, folder in methods.items()], what='--out')
         metrics = _parse_metric_list(args.metrics) or list(DEFAULT_METRICS)

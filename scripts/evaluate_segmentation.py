@@ -18,7 +18,6 @@ import logging
 import os.path as osp
 import sys
 import time
-from typing import Dict, List
 
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
@@ -32,24 +31,8 @@ from fusion.segmentation.protocol import (BASELINE_KINDS, FIXED_UNIT, Segmentati
                                           check_method_name, picture_names, prepare_baselines, run_protocol,
                                           split_names)
 from fusion.segmentation.report import format_table, prediction_grid, summarize, write_reports  # noqa: E402
-from fusion.utils.cli import INPUT_ERRORS, add_pair_arguments, run_cli  # noqa: E402
-from fusion.utils.img_util import ImageReadError, imwrite_atomic  # noqa: E402
-
-
-def _parse_methods(items: List[str]) -> Dict[str, str]:
-    methods: Dict[str, str] = {}
-    for item in items:
-        name, sep, folder = item.partition('=')
-        name = name.strip()
-        if not sep or not name or not folder:
-            raise ValueError(f'--fused expects NAME=DIR, got {item!r}')
-        check_method_name(name)
-        if name in methods:
-            raise ValueError(f'method name {name!r} given twice')
-        if not osp.isdir(folder):
-            raise ImageReadError(f'{folder}: no such folder (fused images of method {name!r})')
-        methods[name] = folder
-    return methods
+from fusion.utils.cli import INPUT_ERRORS, add_pair_arguments, parse_named_folders, run_cli  # noqa: E402
+from fusion.utils.img_util import imwrite_atomic  # noqa: E402
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -115,7 +98,7 @@ def _compare(args) -> int:
         torch.set_num_threads(args.threads)
     preset = load_preset(args.preset)
     info = load_dataset_info(args.dataset)
-    methods = _parse_methods(args.fused)
+    methods = parse_named_folders(args.fused, check_name=check_method_name)
     if not methods and not args.baseline:
         raise ValueError('nothing to compare: give --fused NAME=DIR and/or --baseline')
     clash = sorted(set(methods) & set(args.baseline))

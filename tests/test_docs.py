@@ -10,9 +10,9 @@ import sys
 from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
+from conftest import ROOT
 
 
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 README = osp.join(ROOT, 'README.md')
 CI_SCRIPT = osp.join(ROOT, '.ci', 'run')
 README_MAX_LINES = 260

@@ -10,22 +10,17 @@ import pytest
 import torch
 from basicsr.archs import build_network
 from basicsr.data import build_dataset
+from conftest import DATASETS
 
 from fusion.data.segmentation_dataset import read_label, read_name_list
 from fusion.models.lr_scheduler import WarmupPolyLR
 from fusion.utils.img_util import ImageReadError
 
 
-MFNET = osp.join(osp.dirname(__file__), osp.pardir, 'datasets', 'MFNet')
+MFNET = osp.join(DATASETS, 'MFNet')
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared 2-core CPU, two OpenMP threads per process were 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def _dataset_opt(**kw):

@@ -10,8 +10,8 @@ import sys
 import cv2
 import numpy as np
 import pytest
-import torch
 import yaml
+from conftest import DATASETS, ROOT
 
 from fusion.segmentation.config import load_dataset_info, load_preset
 from fusion.segmentation.protocol import SegmentationInputs, prepare_baselines, run_protocol
@@ -19,19 +19,12 @@ from fusion.segmentation.report import summarize
 from fusion.utils.img_util import ImageReadError
 
 
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
-MFNET = osp.join(ROOT, 'datasets', 'MFNet')
+MFNET = osp.join(DATASETS, 'MFNet')
 NAMES = ['00101D', '00104D', '00106D', '00112D', '00701N', '00703N']
 SCRIPT = osp.join(ROOT, 'scripts', 'evaluate_segmentation.py')
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared 2-core CPU, two OpenMP threads per process were 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def _tiny_preset(tmp_path, **over) -> str:

@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 import yaml
+from conftest import DATASETS, ROOT
 
 
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
-MFNET = osp.join(ROOT, 'datasets', 'MFNet')
+MFNET = osp.join(DATASETS, 'MFNet')
 # runs a pipeline with an arbitrary root path (fusion/train.py always uses the repository)
 RUNNER = """
 import sys

@@ -7,8 +7,9 @@ run name, frequent logs); the scripts take it out of their arguments before pars
 from __future__ import annotations
 
 import os
+import os.path as osp
 import sys
-from typing import Callable, Optional, Tuple, Type
+from typing import Callable, Dict, List, Optional, Tuple, Type
 
 from fusion.utils.img_util import ImageReadError
 
@@ -53,3 +54,24 @@ def add_pair_arguments(parser, label: Optional[str] = None, required: bool = Tru
     parser.add_argument('--vis', required=required, help='folder of visible images (same base names)')
     if label is not None:
         parser.add_argument('--label', help=label)
+
+
+def parse_named_folders(items: List[str], option: str = '--fused',
+                        check_name: Optional[Callable[[str], object]] = None) -> Dict[str, str]:
+    """``NAME=DIR`` arguments (one per method) as ``{name: folder}``, in the given order; a
+    malformed item, a repeated name or a missing folder is an error naming it. ``check_name``
+    may reject names (e.g. names that become folder names)."""
+    methods: Dict[str, str] = {}
+    for item in items:
+        name, sep, folder = item.partition('=')
+        name = name.strip()
+        if not sep or not name or not folder:
+            raise ValueError(f'{option} expects NAME=DIR, got {item!r}')
+        if check_name is not None:
+            check_name(name)
+        if name in methods:
+            raise ValueError(f'method name {name!r} given twice')
+        if not osp.isdir(folder):
+            raise ImageReadError(f'{folder}: no such folder (fused images of method {name!r})')
+        methods[name] = folder
+    return methods

@@ -184,6 +184,18 @@ def peak_rss_bytes() -> int:
     return _proc_status_bytes('VmHWM')
 
 
+def run_measuring_child(cmd: List[str]) -> Dict[str, object]:
+    """Runs a benchmark's child process (``cmd``) that measures one call and prints a JSON line
+    last; returns that JSON, or ``{'error': ...}``. ``MALLOC_MMAP_THRESHOLD_`` makes glibc return
+    freed tensor memory at once, so the child's RSS follows its live tensors."""
+    import subprocess
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {'error': f'child failed (rc={proc.returncode}): {proc.stderr.strip()[-300:]}'}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 # ---------------------------------------------------------------------------------------------
 # the machine, and the report
 # ---------------------------------------------------------------------------------------------

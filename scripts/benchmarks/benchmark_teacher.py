@@ -27,13 +27,12 @@ import os
 import os.path as osp
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from typing import Dict, List, Sequence
 
 import torch  # noqa: E402
-from bench_util import current_rss_bytes, peak_rss_bytes, seconds_stats, sync, time_once
+from bench_util import current_rss_bytes, peak_rss_bytes, run_measuring_child, seconds_stats, sync, time_once
 from tqdm import tqdm  # noqa: E402
 
 import fusion  # noqa: E402,F401  (registers archs, applies basicsr fixes)
@@ -147,11 +146,7 @@ def cpu_peak_child(args: argparse.Namespace, impl: str, mode: str) -> Dict[str, 
         cmd += ['--spa-ablation', args.spa_ablation]
     if args.threads:
         cmd += ['--threads', str(args.threads)]
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        return {'error': f'child failed (rc={proc.returncode}): {proc.stderr.strip()[-300:]}'}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_measuring_child(cmd)
 
 
 def main() -> None:

@@ -39,7 +39,6 @@ import json
 import os
 import os.path as osp
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,8 +47,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from bench_util import (ROOT, current_rss_bytes, emit_json, machine_meta, parse_size, peak_rss_bytes, seconds_stats,
-                        size_str, sync, time_interleaved)
+from bench_util import (ROOT, current_rss_bytes, emit_json, machine_meta, parse_size, peak_rss_bytes,
+                        run_measuring_child, seconds_stats, size_str, sync, time_interleaved)
 
 import fusion  # noqa: E402,F401  (basicsr fixes + registries)
 from fusion.utils.precision_util import cpu_has_bf16_units  # noqa: E402
@@ -138,11 +137,7 @@ def cpu_peak_child(args: argparse.Namespace, variant: str) -> Dict[str, object]:
            size_str(args.size), '--batch', str(args.batch), '--seed', str(args.seed), '--device', 'cpu']
     if args.threads:
         cmd += ['--threads', str(args.threads)]
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        return {'error': f'child failed (rc={proc.returncode}): {proc.stderr.strip()[-300:]}'}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_measuring_child(cmd)
 
 
 def cuda_peak(model, data: dict) -> float:
