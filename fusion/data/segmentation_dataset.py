@@ -12,7 +12,7 @@ import torch
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data as data
 
-from fusion.utils.img_util import IMG_EXTENSIONS, ImageReadError, list_images, read_image, read_rgb
+from fusion.utils.img_util import IMG_EXTENSIONS, ImageReadError, images_by_name, read_image, read_rgb
 from fusion.utils.option_schema import Required
 
 
@@ -64,12 +64,7 @@ def read_name_list(path: str) -> List[str]:
 def find_images(folder: str, names: Optional[Sequence[str]], what: str) -> Dict[str, str]:
     """``{name: path}`` of the images of ``folder`` (by base name, any extension); with ``names``,
     each must be there (the error names the folder and the missing pairs)."""
-    files = {}
-    for f in list_images(folder):
-        stem = osp.splitext(f)[0]
-        if stem in files:
-            raise ImageReadError(f'{folder}: two files share the name "{stem}": {osp.basename(files[stem])} and {f}')
-        files[stem] = osp.join(folder, f)
+    files = {stem: osp.join(folder, f) for stem, f in images_by_name(folder).items()}
     if names is None:
         if not files:
             raise ImageReadError(f'{folder}: the {what} folder holds no images')

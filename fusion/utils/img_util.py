@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import os.path as osp
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -169,6 +169,18 @@ def list_images(folder: str) -> List[str]:
                   if not f.startswith('.') and is_image_file(f) and osp.isfile(osp.join(folder, f)))
 
 
+def images_by_name(folder: str) -> Dict[str, str]:
+    """``{base name: file name}`` of the images of ``folder`` (:func:`list_images`); two files with
+    one base name (``a.png``, ``a.jpg``) are an error naming both."""
+    mapping: Dict[str, str] = {}
+    for f in list_images(folder):
+        stem = osp.splitext(f)[0]
+        if stem in mapping:
+            raise ImageReadError(f'{folder}: two files share the name "{stem}": {mapping[stem]} and {f}')
+        mapping[stem] = f
+    return mapping
+
+
 def list_pairs(ir_dir: str, vis_dir: str, extra_dirs: Optional[Sequence[Tuple[str, str]]] = None) -> List[dict]:
     """Pairs the files of ``ir_dir`` and ``vis_dir`` by base name (extensions may differ).
 
@@ -179,15 +191,9 @@ def list_pairs(ir_dir: str, vis_dir: str, extra_dirs: Optional[Sequence[Tuple[st
     folders = [('ir', ir_dir), ('vis', vis_dir)] + list(extra_dirs or [])
     stems = {}
     for key, folder in folders:
-        files = list_images(folder)
-        if not files:
+        mapping = images_by_name(folder)
+        if not mapping:
             raise ImageReadError(f'{folder}: the {key} folder holds no images ({", ".join(IMG_EXTENSIONS)})')
-        mapping = {}
-        for f in files:
-            stem = osp.splitext(f)[0]
-            if stem in mapping:
-                raise ImageReadError(f'{folder}: two files share the name "{stem}": {mapping[stem]} and {f}')
-            mapping[stem] = f
         stems[key] = mapping
     common = set(stems['ir'])
     for key, _ in folders[1:]:
