@@ -69,26 +69,25 @@ def read(rel: str) -> str:
         return f.read()
 
 
-def prose_lines(text: str) -> Iterator[Tuple[int, str]]:
-    """(line number, line) outside fenced code blocks."""
+def _fenced_or_not(text: str, inside: bool) -> Iterator[Tuple[int, str]]:
+    """(line number, line) inside fenced code blocks (``inside``) or outside them."""
     fenced = False
     for number, line in enumerate(text.splitlines(), 1):
         if FENCE.match(line):
             fenced = not fenced
             continue
-        if not fenced:
+        if fenced == inside:
             yield number, line
+
+
+def prose_lines(text: str) -> Iterator[Tuple[int, str]]:
+    """(line number, line) outside fenced code blocks."""
+    return _fenced_or_not(text, inside=False)
 
 
 def code_block_lines(text: str) -> Iterator[Tuple[int, str]]:
     """(line number, line) inside fenced code blocks."""
-    fenced = False
-    for number, line in enumerate(text.splitlines(), 1):
-        if FENCE.match(line):
-            fenced = not fenced
-            continue
-        if fenced:
-            yield number, line
+    return _fenced_or_not(text, inside=True)
 
 
 def github_slug(heading: str) -> str:
