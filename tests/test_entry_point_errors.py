@@ -234,7 +234,7 @@ def _cases(t, tag: str):
                ['is the input --ir']),
         script('seg_out_in_label', seg, seg_in + ['--out', data / 'label' / 'x'],
                ['--out', 'inside the input --label']),
-        script('seg_out_is_fused', seg, seg_in + ['--fused', f'a={data / "vi"}', '--out', data / 'vi'],
+        script('seg_out_is_fused', seg, seg_in + ['--fused', f'a={t / "tiny" / "vi"}', '--out', t / 'tiny' / 'vi'],
                ['--out', 'is the input --fused a']),
         script('seg_json_in_ir', seg, seg_in + ['--out', t / 'seg_out', '--json', data / 'ir' / 's.json'],
                ['--json', 'inside the input --ir']),

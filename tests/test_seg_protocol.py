@@ -351,3 +351,27 @@ def test_protocol_results_equal_the_documented_seeded_loop_and_regenerated_image
     third = run_protocol(inputs, preset, info, [4], str(tmp_path / 'out'))
     assert third.reused == 0 and 'images changed' in third.rerun['m/seed4']
     assert not np.array_equal(third.confusions['m']['seed4'], cm)
+
+
+@pytest.mark.slow
+def test_small_set_benchmark_prints_every_field_it_documents(tmp_path):
+    """scripts/benchmarks/benchmark_segmentation.py in a tiny configuration (the bundled pairs, a
+    one-step preset): the JSON has the control, the real inputs with their finished seeds, and the
+    smallest resolvable difference."""
+    preset = _tiny_preset(tmp_path, epochs=None, iterations=1, batch_size=2, seeds=2)
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'scripts', 'benchmarks', 'benchmark_segmentation.py'),
+                           '--data', MFNET, '--pairs', '6', '--split', '0.5', '--seeds', '2', '--preset', preset,
+                           '--work', str(tmp_path / 'work')], capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES=''))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout[proc.stdout.index('{'):])
+    assert report['train_pairs'] == 3 and report['test_pairs'] == 3 and report['iterations'] == 1
+    assert set(report['methods']) == {'sage', 'label', 'ir', 'vis', 'mean', 'max'}
+    assert all(m['seeds_finished'] == 2 and m['miou_std'] is not None for m in report['methods'].values())
+    assert report['control_miou'] == report['methods']['label']['miou']
+    real = [report['methods'][m]['miou'] for m in ('sage', 'ir', 'vis', 'mean', 'max')]
+    assert report['best_real_miou'] == max(real)
+    stds = [report['methods'][m]['miou_std'] for m in ('sage', 'ir', 'vis', 'mean', 'max')]
+    assert report['real_seed_std_pooled'] == pytest.approx(np.sqrt(np.mean(np.square(stds))))
+    assert report['smallest_resolvable_difference'] == pytest.approx(4.303 * report['real_seed_std_pooled'])
+    assert report['cpu']['flags'] is not None and 'load_avg' in report
