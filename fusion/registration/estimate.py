@@ -8,8 +8,8 @@
    within the range by FFT, and the best peak (sub-pixel) wins.
 3. **Refinement**: 3 x 3 scale x rotation grids of shrinking steps around the estimate at finer
    levels (same FFT correlation), with parabolic sub-step interpolation; for ``affine`` /
-   ``homography`` a Gauss-Newton refinement of the full model on the orientation fields, kept only
-   where it raises the structure correlation.
+   ``homography`` shifts of large overlapping regions fitted by least squares, kept only where it
+   raises the structure correlation.
 4. **Confidence**: at ``check_size`` the orientation-field correlation of the aligned pair against
    its distribution under offsets of 3-24 pixels (a z score: how far the alignment stands out of
    what chance gives on this very pair), plus the checks that turn a doubtful pair into
@@ -39,7 +39,7 @@ class RegistrationOptions:
     option                 default     meaning
     ====================== =========== ============================================================
     model                  similarity  ``similarity`` (the searches only) or ``affine`` /
-                                       ``homography`` (then a Gauss-Newton refinement of the full
+                                       ``homography`` (then a refinement of the full
                                        model, kept only where it raises the structure correlation)
     max_angle              7.0         search range: rotation, degrees
     scale_range            0.8, 1.25   search range: scale of the residual transform
@@ -49,8 +49,10 @@ class RegistrationOptions:
     coarse_sigma           1.0         structure-map smoothing of the global search
     local_levels           4 levels    (long side, scale step, angle step, shift radius) of the
                                        local 3 x 3 grids after the global search
-    levels, level_sigmas   320, 640    Gauss-Newton levels (affine / homography only)
-    gn_iters, gn_tol       10, 0.01    Gauss-Newton iterations per level, stop below this (px)
+    levels, passes         (320, 640), 2  refinement levels and passes (affine / homography only)
+    region_grid            3           3 x 3 overlapping half-size regions
+    region_radius          4           their shift search, level pixels
+    min_region_z           3.0         regions whose peak stands out less are left out
     check_size             320         visible long side of the confidence check
     min_score              see below   confidence threshold (z score); chosen on the calibration
                                        cases of the benchmark (docs/registration.md)
@@ -75,9 +77,10 @@ class RegistrationOptions:
     coarse_sigma: float = 1.0
     local_levels: Tuple[Tuple[int, float, float, int], ...] = ((160, 0.02, 0.8, 4), (320, 0.01, 0.4, 4),
                                                                (320, 0.005, 0.2, 3), (640, 0.0025, 0.1, 3))
-    level_sigmas: Tuple[float, ...] = (1.0, 1.0)
-    gn_iters: int = 10
-    gn_tol: float = 0.01
+    region_grid: int = 3
+    region_radius: int = 4
+    min_region_z: float = 3.0
+    passes: int = 2
     max_level_disagreement: float = 4.0
 
     def __post_init__(self) -> None:
@@ -270,71 +273,63 @@ def local_search(pair: _Pair, h: np.ndarray, opt: RegistrationOptions) -> Tuple[
 
 
 # ---------------------------------------------------------------------------------------------
-# refinement: inverse-compositional Gauss-Newton on the orientation fields
+# refinement of the full model: region shifts, least-squares fit
 # ---------------------------------------------------------------------------------------------
-def _jacobian(size: Tuple[int, int], n_params: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """d(warp)/d(params) at the identity for every pixel of a level, in coordinates centred and
-    scaled to about [-1, 1] (conditioning); returns (Jx, Jy) N x P and the normalising matrix."""
-    h, w = size
-    s = 2.0 / max(h, w)
-    norm = np.array([[s, 0, -s * (w - 1) / 2], [0, s, -s * (h - 1) / 2], [0, 0, 1]])
-    yy, xx = np.mgrid[0:h, 0:w]
-    x = (xx.ravel() * s - s * (w - 1) / 2).astype(np.float32)
-    y = (yy.ravel() * s - s * (h - 1) / 2).astype(np.float32)
-    o, z = np.ones_like(x), np.zeros_like(x)
-    # per level pixel: the normalised coordinates are s times the pixel ones
-    jx = np.stack([x, y, o, z, z, z, -x * x, -x * y], 1)[:, :n_params] / s
-    jy = np.stack([z, z, z, x, y, o, -x * y, -y * y], 1)[:, :n_params] / s
-    return jx, jy, norm
-
-
-def _params_to_h(p: np.ndarray) -> np.ndarray:
-    q = np.zeros(8)
-    q[:len(p)] = p
-    return np.array([[1 + q[0], q[1], q[2]], [q[3], 1 + q[4], q[5]], [q[6], q[7], 1]])
+def region_shifts(pair: _Pair, h: np.ndarray, long_side: int, grid: int, radius: int
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Correspondences from large overlapping regions (half the image per axis, ``grid`` x ``grid``
+    centres): each region's orientation-field correlation peak within ``radius`` level pixels,
+    sub-pixel, with the infrared image warped by ``h``. Large regions keep the correlation as
+    robust as the global one; their shifts carry the affine / perspective part. Returns infrared
+    and visible full-resolution points and each region's z score."""
+    size, a_vis, vfield, _, _ = pair.vis_level(long_side)
+    ifield, _, _, _ = pair.ir_on_vis_level(h, long_side)
+    rh, rw = size[0] // 2, size[1] // 2
+    pad = (cv2.getOptimalDFTSize(rh + 2 * radius), cv2.getOptimalDFTSize(rw + 2 * radius))
+    src, dst, zs = [], [], []
+    for y0 in np.linspace(radius, size[0] - rh - radius, grid).astype(int):
+        for x0 in np.linspace(radius, size[1] - rw - radius, grid).astype(int):
+            ib = ifield[y0:y0 + rh, x0:x0 + rw]
+            vb = vfield[y0 - radius:y0 + rh + radius, x0 - radius:x0 + rw + radius]
+            c = np.fft.ifft2(np.fft.fft2(vb, s=pad) * np.conj(np.fft.fft2(ib, s=pad))).real
+            c = c[:2 * radius + 1, :2 * radius + 1] / (_energy(ib) * _energy(vb))
+            py, px, val = _subpixel_peak(c)
+            if min(py, px) < 0.5 or max(py, px) > 2 * radius - 0.5:
+                continue  # the peak on the window's edge: no reliable shift here
+            z = (val - float(c.mean())) / (float(c.std()) + 1e-9)
+            cy, cx = y0 + (rh - 1) / 2, x0 + (rw - 1) / 2
+            src.append((cx, cy))
+            dst.append((cx + px - radius, cy + py - radius))
+            zs.append(z)
+    if not src:
+        return np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0)
+    inv_level = np.linalg.inv(a_vis)
+    src_full = T.apply(np.linalg.inv(h) @ inv_level, np.array(src, np.float64))
+    return src_full, T.apply(inv_level, np.array(dst, np.float64)), np.array(zs)
 
 
 def refine(pair: _Pair, h_init: np.ndarray, opt: RegistrationOptions) -> Tuple[np.ndarray, dict]:
-    """Coarse to fine over ``opt.levels``: Gauss-Newton steps (inverse compositional, with a gain)
-    that bring the infrared orientation field, re-computed from the infrared image warped by the
-    current estimate, onto the visible one. Returns the estimate and per-level notes."""
+    """Affine / homography over ``opt.levels``: region shifts, then a least-squares fit (regions
+    whose peak does not stand out, z below ``opt.min_region_z``, are left out)."""
     h_cur = h_init.copy()
-    n_params = 8 if opt.model == 'homography' else 6
-    info: Dict[str, object] = {'notes': [], 'iterations': []}
-    for long_side, sigma in zip(opt.levels, opt.level_sigmas):
-        size, a_vis, _, _, _ = pair.vis_level(long_side)
-        vimg = _resize(pair.vis, size)
-        vfield, _, _ = structure_maps(vimg, _resize_mask(pair.vis_mask, size), sigma=sigma)
-        jx, jy, norm = _jacobian(size, n_params)
-        # steepest-descent images of the template (real and imaginary channels)
-        gy_r, gx_r = np.gradient(vfield.real)
-        gy_i, gx_i = np.gradient(vfield.imag)
-        sd_r = gx_r.reshape(-1, 1) * jx + gy_r.reshape(-1, 1) * jy
-        sd_i = gx_i.reshape(-1, 1) * jx + gy_i.reshape(-1, 1) * jy
-        t_r, t_i = vfield.real.ravel(), vfield.imag.ravel()
-        it = 0
-        for it in range(opt.gn_iters):
-            ifield, _, _, mask = pair.ir_on_vis_level(h_cur, long_side, sigma=sigma)
-            m = mask.ravel().astype(np.float32)
-            i_r, i_i = ifield.real.ravel(), ifield.imag.ravel()
-            gain = float((t_r * i_r + t_i * i_i).sum()) / (float((i_r * i_r + i_i * i_i).sum()) + 1e-9)
-            e_r, e_i = (gain * i_r - t_r) * m, (gain * i_i - t_i) * m
-            hess = (sd_r * m[:, None]).T @ sd_r + (sd_i * m[:, None]).T @ sd_i
-            b = sd_r.T @ e_r + sd_i.T @ e_i
-            try:
-                dp = np.linalg.solve(hess + 1e-6 * np.eye(n_params) * np.trace(hess) / n_params, b)
-            except np.linalg.LinAlgError:
-                info['notes'].append(f'the refinement is singular at {long_side} px')
+    info: Dict[str, object] = {'regions': []}
+    need = 4 if opt.model == 'homography' else 3
+    for long_side in opt.levels:
+        for _ in range(opt.passes):
+            src, dst, zs = region_shifts(pair, h_cur, long_side, opt.region_grid, opt.region_radius)
+            keep = zs >= opt.min_region_z
+            info['regions'].append(int(keep.sum()))
+            if keep.sum() < need + 1:
                 break
-            # vis(W(x; dp)) matches the warped infrared at x: the new estimate is W(dp) o H
-            w_level = np.linalg.inv(norm) @ _params_to_h(dp) @ norm
-            step = np.linalg.inv(a_vis) @ w_level @ a_vis
-            h_new = T.normalize(step @ h_cur)
-            moved = T.corner_error(h_new, h_cur, pair.vis_size) * long_side / max(pair.vis_size)
-            h_cur = h_new
-            if moved < opt.gn_tol:
+            s32, d32 = src[keep].astype(np.float32), dst[keep].astype(np.float32)
+            if opt.model == 'homography':
+                h_new, _ = cv2.findHomography(s32, d32, 0)
+            else:
+                a, _ = cv2.estimateAffine2D(s32, d32, method=cv2.LMEDS)
+                h_new = None if a is None else np.vstack([a, [0, 0, 1]])
+            if h_new is None:
                 break
-        info['iterations'].append(it + 1)
+            h_cur = T.normalize(h_new.astype(np.float64))
     return h_cur, info
 
 
@@ -373,7 +368,8 @@ def _range_problem(h: np.ndarray, prior: np.ndarray, vis_size: Tuple[int, int], 
         return f'scale {res["scale"]:.3f} outside the search range {lo}-{hi}'
     if abs(res['angle']) > opt.max_angle * tol:
         return f'rotation {res["angle"]:.1f} deg outside the search range +-{opt.max_angle}'
-    if abs(res['shift'][0]) > opt.max_shift * tol * vis_size[1] or abs(res['shift'][1]) > opt.max_shift * tol * vis_size[0]:
+    limit = opt.max_shift * tol
+    if abs(res['shift'][0]) > limit * vis_size[1] or abs(res['shift'][1]) > limit * vis_size[0]:
         return f'shift ({res["shift"][0]:.0f}, {res["shift"][1]:.0f}) px outside the search range'
     if res['anisotropy'] > 1.3:
         return f'the transform is strongly skewed (axis ratio {res["anisotropy"]:.2f})'
@@ -384,8 +380,9 @@ def _reasons(pair: _Pair, h: np.ndarray, prior: np.ndarray, conf: dict, opt: Reg
     reasons = []
     if min(conf['structure_ir'], conf['structure_vis']) < opt.min_structure:
         which = 'infrared' if conf['structure_ir'] < conf['structure_vis'] else 'visible'
-        reasons.append(f'not enough structure in the {which} image ({min(conf["structure_ir"], conf["structure_vis"]):.3f}'
-                       f' < {opt.min_structure} strong-edge fraction)')
+        least = min(conf['structure_ir'], conf['structure_vis'])
+        reasons.append(f'not enough structure in the {which} image ({least:.3f} < {opt.min_structure} '
+                       'strong-edge fraction)')
     if conf['z'] < opt.min_score:
         reasons.append(f'confidence {conf["z"]:.1f} below the threshold {opt.min_score}')
     if conf['peak_offset'] > opt.max_peak_offset:
