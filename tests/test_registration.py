@@ -40,7 +40,8 @@ def test_known_transform_is_recovered_within_a_pixel(ds, name, size):
     ir, vis = _pair(ds, name, size)
     tr = _known(ir.shape)
     warped = cv2.warpPerspective(ir, tr, (ir.shape[1], ir.shape[0]), flags=cv2.INTER_LINEAR)
-    r0, r = register_arrays(ir, vis), register_arrays(warped, vis)
+    opt = RegistrationOptions(min_score=5.0)  # recovery is the point here, not the default threshold
+    r0, r = register_arrays(ir, vis, opt), register_arrays(warped, vis, opt)
     assert r.ok and r0.ok, (r0.reason, r.reason)
     # consistency: the estimate on the warped pair equals the original estimate after undoing tr
     assert T.corner_error(r.H, r0.H @ np.linalg.inv(tr), vis.shape) < 1.0
@@ -160,3 +161,15 @@ def test_script_end_to_end_and_one_line_errors(tmp_path):
                            '--transform', str(bad)], capture_output=True, text=True, env=env)
     assert proc.returncode == 1 and proc.stderr.strip().startswith('error:') and '3x3' in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_registration_is_a_generic_data_step():
+    """fusion/registration imports nothing from the networks, models, losses or datasets."""
+    import ast
+    import glob
+    for path in glob.glob(osp.join(ROOT, 'fusion', 'registration', '*.py')):
+        tree = ast.parse(open(path).read())
+        mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        bad = {m for m in mods if m.startswith('fusion') and not m.startswith(('fusion.utils', 'fusion.registration'))}
+        assert not bad and 'torch' not in mods, (path, bad)

@@ -71,7 +71,7 @@ class RegistrationOptions:
     n_angles: int = 9
     levels: Tuple[int, ...] = (320, 640)
     check_size: int = 320
-    min_score: float = 8.0
+    min_score: float = 8.8
     min_structure: float = 0.02
     max_peak_offset: float = 1.5
     coarse_sigma: float = 1.0
