@@ -4,13 +4,14 @@ pairs say so, bad input fails with one clear line, outputs never land inside inp
 import json
 import os
 import os.path as osp
+import runpy
 import subprocess
 import sys
 
 import cv2
 import numpy as np
 import pytest
-from conftest import DATASETS, ROOT
+from conftest import BENCHMARKS, DATASETS, ROOT
 
 from fusion.registration import RegistrationOptions, load_transform, register_arrays, register_folders
 from fusion.registration import transforms as T
@@ -173,3 +174,29 @@ def test_registration_is_a_generic_data_step():
         mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         bad = {m for m in mods if m.startswith('fusion') and not m.startswith(('fusion.utils', 'fusion.registration'))}
         assert not bad and 'torch' not in mods, (path, bad)
+
+
+@pytest.mark.slow
+def test_inference_register_fuses_the_registered_pairs(tmp_path):
+    ir_dir, vis_dir = _folders(tmp_path)
+    reg, fused = tmp_path / 'reg', tmp_path / 'fused'
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'scripts', 'inference.py'), '--ir', ir_dir, '--vis', vis_dir,
+                           '--output', str(fused), '--register', '--register-out', str(reg), '--device', 'cpu'],
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr
+    report = json.load(open(reg / 'registration.json'))
+    ok = sorted(n for n, e in report['pairs'].items() if e['ok'])
+    assert ok and sorted(f[:-4] for f in os.listdir(fused)) == ok
+
+
+@pytest.mark.slow
+def test_benchmark_reports_errors_baselines_threshold_and_failure_cases(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    monkeypatch.setattr(sys, 'argv', ['benchmark_registration.py', '--bundled-only', '--max-per-dataset', '1',
+                                      '--timing-repeats', '1'])
+    runpy.run_path(osp.join(BENCHMARKS, 'benchmark_registration.py'), run_name='__main__')
+    report = json.loads(capsys.readouterr().out)
+    assert set(report['methods']) == {'ours', 'ecc_intensity', 'ecc_gradient'} and report['cases'] == 3
+    assert {'median', 'p90', 'success_rate'} <= set(report['methods']['ours']['consistency'])
+    assert [f['ok'] for f in report['failure_cases']] == [False] * 4
+    assert report['time_640x480']['cpu_s_median'] > 0 and report['meta']['cpu']['name']
