@@ -81,7 +81,8 @@ def test_evaluate_tno_with_baselines_matches_reference(evaluate, tmp_path, capsy
 
     with open(out / 'metrics.csv') as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ['method'] + metrics and [r[0] for r in rows[1:]] == list(result)
+    assert rows[0] == ['method'] + metrics + ['convention'] and [r[0] for r in rows[1:]] == list(result)
+    assert {r[-1] for r in rows[1:]} == {'cddfuse'} and result['baseline-max']['convention'] == 'cddfuse'
     assert float(rows[3][1 + metrics.index('sd')]) == pytest.approx(result['baseline-max']['mean']['sd'])
     with open(out / 'metrics_per_image.csv') as f:
         assert len(list(csv.reader(f))) == 1 + 3 * 2
