@@ -22,8 +22,8 @@ from typing import Any, Callable, List, Tuple
 import numpy as np
 from basicsr.utils.registry import METRIC_REGISTRY
 
-from fusion.metrics.matlab_util import (blkproc_sum, filter2, freqspace_radius, fspecial_gaussian, gradient,
-                                        imfilter_replicate, matlab_round, rgb2gray, to_uint8_saturate)
+from fusion.metrics.matlab_util import (blkproc_sum, filter2, filter2_separable, freqspace_radius, fspecial_gaussian,
+                                        gradient, imfilter_replicate, matlab_round, rgb2gray, to_uint8_saturate)
 from fusion.metrics.metric_util import _to_numpy
 from fusion.metrics.tang_metrics import xydeas_qabf
 
@@ -256,13 +256,20 @@ def _normalize1(x: np.ndarray) -> np.ndarray:
 
 
 def _freq_filter(img: np.ndarray, response: np.ndarray) -> np.ndarray:
-    """``ifft2(ifftshift(fftshift(fft2(img)) .* response))``, complex as in MATLAB."""
-    return np.fft.ifft2(np.fft.ifftshift(np.fft.fftshift(np.fft.fft2(img)) * response))
+    """``real(ifft2(ifftshift(fftshift(fft2(img)) .* response)))`` by real FFTs. The responses are
+    functions of the radius on MATLAB's ``freqspace`` grid, so symmetric under k -> -k and the
+    MATLAB result is real up to rounding (imaginary parts ~1e-17 of the values; abs() and squares
+    change by their square, ~1e-32); the real transform is 3x faster."""
+    h, w = img.shape
+    unshifted = np.fft.ifftshift(response)[:, :w // 2 + 1]
+    return np.fft.irfft2(np.fft.rfft2(img) * unshifted, s=(h, w))
 
 
 def _gaussian31(sigma: float) -> np.ndarray:
+    """One factor of ``gaussian2d``: exp(-(x^2 + y^2) / (2 s^2)) / (2 pi s^2) on -15..15, not
+    normalised, = outer(g, g) with g = exp(-x^2 / (2 s^2)) / sqrt(2 pi s^2)."""
     x = np.arange(-15, 16, dtype=np.float64)
-    return np.exp(-(x[None, :] ** 2 + x[:, None] ** 2) / (2 * sigma * sigma)) / (2 * math.pi * sigma * sigma)
+    return np.exp(-(x * x) / (2 * sigma * sigma)) / math.sqrt(2 * math.pi * sigma * sigma)
 
 
 _QCB_G1 = _gaussian31(2.0)
@@ -270,7 +277,7 @@ _QCB_G2 = _gaussian31(4.0)
 
 
 def _qcb_contrast(img: np.ndarray) -> np.ndarray:
-    c = filter2(_QCB_G1, img, 'same') / filter2(_QCB_G2, img, 'same') - 1.0
+    c = filter2_separable(_QCB_G1, _QCB_G1, img, 'same') / filter2_separable(_QCB_G2, _QCB_G2, img, 'same') - 1.0
     c = np.abs(c)
     return c ** 3 / (c ** 2 + 0.0001)  # k = h = 1, p = 3, q = 2, Z = 1e-4
 
@@ -328,7 +335,7 @@ def _qcv_single(vi: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> float:
     d1 = blkproc_sum(_freq_filter(im1 - fu, theta_m) ** 2, _QCV_WINDOW) / area  # mean2 of a zero-padded block
     d2 = blkproc_sum(_freq_filter(im2 - fu, theta_m) ** 2, _QCV_WINDOW) / area
     q = np.sum(ramda1 * d1 + ramda2 * d2) / np.sum(ramda1 + ramda2)
-    return float(np.real(q))
+    return float(q)
 
 
 def vifb_qcv(fused: Any, ir: Any, vis: Any) -> float:
@@ -339,17 +346,23 @@ def vifb_qcv(fused: Any, ir: Any, vis: Any) -> float:
 
 
 _SSIM_WINDOW = fspecial_gaussian(11, 1.5)
+# fspecial's window is exactly the outer product of its normalised 1-D factor (no tap below eps)
+_SSIM_1D = np.exp(-(np.arange(11) - 5.0) ** 2 / (2 * 1.5 ** 2)) / np.sum(np.exp(-(np.arange(11) - 5.0) ** 2 / 4.5))
+
+
+def _ssim_filter(img: np.ndarray) -> np.ndarray:
+    return filter2_separable(_SSIM_1D, _SSIM_1D, img, 'valid')
 
 
 def _ssim_one(src: np.ndarray, fused: np.ndarray) -> float:
     x = _gray_u8(src).astype(np.float64)
     c1 = (0.01 * 255) ** 2
     c2 = (0.03 * 255) ** 2
-    ux = filter2(_SSIM_WINDOW, x, 'valid')
-    uy = filter2(_SSIM_WINDOW, fused, 'valid')
-    sxx = filter2(_SSIM_WINDOW, x * x, 'valid') - ux * ux
-    syy = filter2(_SSIM_WINDOW, fused * fused, 'valid') - uy * uy
-    sxy = filter2(_SSIM_WINDOW, x * fused, 'valid') - ux * uy
+    ux = _ssim_filter(x)
+    uy = _ssim_filter(fused)
+    sxx = _ssim_filter(x * x) - ux * ux
+    syy = _ssim_filter(fused * fused) - uy * uy
+    sxy = _ssim_filter(x * fused) - ux * uy
     ssim_map = ((2 * ux * uy + c1) * (2 * sxy + c2)) / ((ux * ux + uy * uy + c1) * (sxx + syy + c2))
     return float(np.mean(ssim_map))
 
