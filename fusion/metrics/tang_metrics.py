@@ -20,9 +20,9 @@ from typing import Any, Tuple
 import numpy as np
 from basicsr.utils.registry import METRIC_REGISTRY
 
-from fusion.metrics.matlab_util import (conv2_same, entropy_uint8, filter2, fspecial_gaussian, gradient, im2double,
-                                        rgb2gray, to_uint8_saturate)
-from fusion.metrics.metric_util import _to_numpy
+from fusion.metrics.matlab_util import (conv2_same, entropy_uint8, filter2_separable, gradient, im2double, rgb2gray,
+                                        to_uint8_saturate)
+from fusion.metrics.metric_util import _to_numpy, gaussian_kernel_1d
 
 
 __all__ = ['tang_gray', 'tang_en', 'tang_sd', 'tang_sf', 'tang_ag', 'tang_mi', 'tang_scd', 'tang_vif', 'tang_qabf',
@@ -181,20 +181,25 @@ def _vifp_mscale(ref8: np.ndarray, dist8: np.ndarray) -> float:
     dist = dist8.astype(np.float64)
     for scale in range(1, 5):
         n = 2 ** (4 - scale + 1) + 1
-        win = fspecial_gaussian(n, n / 5.0)
+        # fspecial('gaussian', n, n/5) has no tap below eps*max for n = 17..3, so it is exactly the
+        # outer product of its normalised 1-D factor: separable filtering, 3x faster than 2-D
+        win = gaussian_kernel_1d(n, n / 5.0)
+
+        def filt(x: np.ndarray) -> np.ndarray:
+            return filter2_separable(win, win, x, 'valid')
         if scale > 1:
-            ref = filter2(win, ref, 'valid')[::2, ::2]
-            dist = filter2(win, dist, 'valid')[::2, ::2]
+            ref = filt(ref)[::2, ::2]
+            dist = filt(dist)[::2, ::2]
         if scale == 1:
             rr, dd, rd = (np.minimum(ref * ref, 255.0), np.minimum(dist * dist, 255.0),
                           np.minimum(ref * dist, 255.0))
         else:
             rr, dd, rd = ref * ref, dist * dist, ref * dist
-        mu1 = filter2(win, ref, 'valid')
-        mu2 = filter2(win, dist, 'valid')
-        sigma1_sq = filter2(win, rr, 'valid') - mu1 * mu1
-        sigma2_sq = filter2(win, dd, 'valid') - mu2 * mu2
-        sigma12 = filter2(win, rd, 'valid') - mu1 * mu2
+        mu1 = filt(ref)
+        mu2 = filt(dist)
+        sigma1_sq = filt(rr) - mu1 * mu1
+        sigma2_sq = filt(dd) - mu2 * mu2
+        sigma12 = filt(rd) - mu1 * mu2
         sigma1_sq[sigma1_sq < 0] = 0.0
         sigma2_sq[sigma2_sq < 0] = 0.0
         g = sigma12 / (sigma1_sq + _VIF_EPS)
