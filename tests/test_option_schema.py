@@ -367,3 +367,10 @@ def test_dist_params_set_the_process_group_under_the_pytorch_launcher(tmp_path, 
     parsed, _ = parse_options(str(tmp_path), True, ['-opt', str(path), '--launcher', 'pytorch'])
     assert calls == [{'backend': 'gloo', 'timeout': datetime.timedelta(seconds=123)}]
     assert parsed['dist'] is True and parsed['dist_params']['validation_timeout'] == 4567
+
+
+def test_sage_required_losses_and_optimizers_are_declared(train_opt):
+    opt = copy.deepcopy(train_opt)
+    del opt['train']['context_opt'], opt['train']['optim_g']
+    msg = _errors(opt)
+    assert 'train.context_opt: required option is missing' in msg and 'train.optim_g: required option is missing' in msg

@@ -99,7 +99,9 @@ class SAGEModel(FusionBaseModel):
             'nonfinite_loss': Choice('raise', 'skip'), 'fp16_min_scale': 'number',
             'amp': Choice('none', 'bf16', 'fp16', False),
             'channels_last': 'bool',
-            'optim_*': Required(Component('optimizer')),
+            'optim_t': Required(Component('optimizer')), 'optim_g': Required(Component('optimizer')),
+            'optim_*': Component('optimizer'),  # optim_seg, with network_seg
+            'teacher_fusion_opt': Required(Component('loss')), 'context_opt': Required(Component('loss')),
             'scheduler': Component('scheduler'),
             'scheduler_*': Component('scheduler', default_type='CosineAnnealingLR'),
             '*_opt': Component('loss'),
