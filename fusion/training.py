@@ -365,7 +365,7 @@ def train_pipeline(root_path: str) -> None:
     opt['root_path'] = root_path
     resolve_relative_paths(opt, root_path)
     check_option_paths(opt)
-    check_run_folders(opt)
+    check_run_folders(opt, args.opt)
     # a run that fails before its first iteration leaves no experiment / tb_logger folder behind
     folders = NewRunFolders([opt['path']['experiments_root'], osp.join(root_path, 'tb_logger', opt['name'])]
                             if opt['rank'] == 0 else [])  # rank 0 creates them

@@ -21,10 +21,10 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
 from fusion.metrics.baselines import BASELINES  # noqa: E402
 from fusion.metrics.evaluation import comparison_grid, evaluate_folders, format_table, write_outputs  # noqa: E402
-from fusion.metrics.fusion_metrics import ALL_METRICS, DEFAULT_METRICS  # noqa: E402
+from fusion.metrics.fusion_metrics import ALL_METRICS, DEFAULT_METRICS, resolve_metric_names  # noqa: E402
 from fusion.metrics.metric_util import keep_freed_memory  # noqa: E402
 from fusion.utils.cli import add_pair_arguments, parse_named_folders, run_cli  # noqa: E402
-from fusion.utils.file_util import check_output_location  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked  # noqa: E402
 from fusion.utils.img_util import ImageReadError, imwrite_atomic  # noqa: E402
 
 
@@ -34,38 +34,48 @@ def _parse_metric_list(values: Optional[List[str]]) -> Optional[List[str]]:
     return [v for item in values for v in item.replace(',', ' ').split() if v]
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pair_arguments(parser)
-    parser.add_argument('--fused', nargs='*', default=[], metavar='NAME=DIR', help='fused results of each method')
+    input_arg(parser, '--fused', kind='named_dirs', nargs='*', default=[], metavar='NAME=DIR',
+              help='fused results of each method')
     parser.add_argument('--baseline', nargs='*', default=[], choices=sorted(BASELINES),
                         help='add pixel mean / max fusions as reference methods')
-    parser.add_argument('--out', default='results/evaluation', help='output folder (default: results/evaluation)')
-    parser.add_argument('--json', default=None, help='JSON path (default: OUT/metrics.json)')
+    output_arg(parser, '--out', kind='dir', default='results/evaluation',
+               help='output folder (default: results/evaluation)')
+    output_arg(parser, '--json', kind='file', default=None, default_in=('out', 'metrics.json'),
+               help='JSON path (default: OUT/metrics.json)')
     parser.add_argument('--metrics', nargs='*', default=None,
                         help=f'metrics to compute (default: all: {" ".join(DEFAULT_METRICS)}); extra: '
                              f'{" ".join(m for m in ALL_METRICS if m not in DEFAULT_METRICS)}')
     parser.add_argument('--skip', nargs='*', default=[], help='metrics to leave out, e.g. --skip fmi (the slowest)')
     parser.add_argument('--fmi-feature', default='none', choices=['none', 'dct'], help='FMI feature (default: none)')
-    parser.add_argument('--ssim-data-range', type=float, default=2.0,
-                        help='SSIM data_range (default 2.0 = CDDFuse; 255 gives conventional values)')
-    parser.add_argument('--psnr-peak', type=float, default=None, help='PSNR peak (default: max of the fused image)')
-    parser.add_argument('--grid-images', type=int, default=4, help='pairs shown in comparison.png (0: no picture)')
-    parser.add_argument('--workers', type=int, default=1, help='processes computing metrics in parallel')
+    number_arg(parser, '--ssim-data-range', float, min=0, open_min=True, default=2.0,
+               help='SSIM data_range (default 2.0 = CDDFuse; 255 gives conventional values)')
+    number_arg(parser, '--psnr-peak', float, min=0, open_min=True, default=None,
+               help='PSNR peak (default: max of the fused image)')
+    number_arg(parser, '--grid-images', int, min=0, default=4, help='pairs shown in comparison.png (0: no picture)')
+    number_arg(parser, '--workers', int, min=1, default=1, help='processes computing metrics in parallel')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
-    args = parser.parse_args(argv)
-    keep_freed_memory()  # image-sized temporaries: ~40 % faster on machines with costly page faults
+    return parser
 
+
+def _selected_metrics(args) -> List[str]:
+    """The metrics to compute: ``--metrics`` (default: all) less ``--skip``; nothing left is an error."""
+    metrics = resolve_metric_names(_parse_metric_list(args.metrics) or DEFAULT_METRICS)
+    skip = set(resolve_metric_names(_parse_metric_list(args.skip) or []))
+    metrics = [m for m in metrics if m.lower() not in skip]
+    if not metrics:
+        raise ValueError('--metrics / --skip: no metric left to compute')
+    return metrics
+
+
+def main(argv=None) -> int:
+    args = parse_checked(build_parser(), argv)
+    keep_freed_memory()  # image-sized temporaries: ~40 % faster on machines with costly page faults
     try:
+        metrics = _selected_metrics(args)
         methods = parse_named_folders(args.fused)
-        check_output_location(args.out, [('--ir', args.ir), ('--vis', args.vis)]
-                              + [(f'--fused {name}', folder) for name, folder in methods.items()], what='--out')
-        metrics = _parse_metric_list(args.metrics) or list(DEFAULT_METRICS)
-        skip = set(_parse_metric_list(args.skip) or [])
-        unknown = sorted(skip - set(ALL_METRICS))
-        if unknown:
-            raise ValueError(f'unknown metric(s) to skip: {unknown}')
-        metrics = [m for m in metrics if m.lower() not in skip]
         options = {'fmi': {'feature': args.fmi_feature}, 'ssim': {'data_range': args.ssim_data_range},
                    'psnr': {'peak': args.psnr_peak}}
         result = evaluate_folders(args.ir, args.vis, methods, baselines=args.baseline, metrics=metrics,
@@ -73,7 +83,6 @@ def main(argv=None) -> int:
     except (ImageReadError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-
     print(f'\n{len(result.images)} images, {len(result.methods)} methods (* = best per metric)\n')
     print(format_table(result))
     picture = None

@@ -26,6 +26,7 @@ from typing import Any, Tuple
 import torch
 import yaml
 
+from fusion.utils.entry_io import input_arg, number_arg, parse_checked
 from fusion.utils.option_schema import (Choice, Component, DictOf, OptionError, Required, declare_check,
                                         declare_options, validate_options)
 
@@ -117,6 +118,20 @@ def apply_force_yml(opt: dict, entries) -> None:
         node[path[-1]] = _force_value(value, entry)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """basicsr's arguments of fusion/train.py and fusion/test.py; the paths the option file names
+    are declared by :func:`fusion.utils.options_util.option_paths`."""
+    parser = argparse.ArgumentParser()
+    input_arg(parser, '-opt', kind='file', type=str, required=True, help='Path to option YAML file.')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
+    parser.add_argument('--auto_resume', action='store_true')
+    parser.add_argument('--debug', action='store_true', help='basicsr debug mode; errors show their traceback')
+    number_arg(parser, '--local_rank', int, min=0, default=0)
+    parser.add_argument('--force_yml', nargs='+', default=None,
+                        help='Force to update yml files. Examples: train:ema_decay=0.999')
+    return parser
+
+
 def parse_options(root_path: str, is_train: bool = True, argv=None) -> Tuple[dict, argparse.Namespace]:
     """basicsr's parse_options (same arguments and result), validating the options first."""
     import basicsr.utils.options as bs_options
@@ -124,15 +139,7 @@ def parse_options(root_path: str, is_train: bool = True, argv=None) -> Tuple[dic
     from basicsr.utils.dist_util import get_dist_info
     from basicsr.utils.options import init_dist  # noqa: F401  (patched by fusion.utils.compat)
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument('-opt', type=str, required=True, help='Path to option YAML file.')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
-    parser.add_argument('--auto_resume', action='store_true')
-    parser.add_argument('--debug', action='store_true', help='basicsr debug mode; errors show their traceback')
-    parser.add_argument('--local_rank', type=int, default=0)
-    parser.add_argument('--force_yml', nargs='+', default=None,
-                        help='Force to update yml files. Examples: train:ema_decay=0.999')
-    args = parser.parse_args(argv)
+    args = parse_checked(build_parser(), argv)
 
     opt = read_option_file(args.opt)
     apply_force_yml(opt, args.force_yml)
