@@ -24,7 +24,7 @@ from fusion.metrics.evaluation import comparison_grid, evaluate_folders, format_
 from fusion.metrics.fusion_metrics import ALL_METRICS, DEFAULT_METRICS, resolve_metric_names  # noqa: E402
 from fusion.metrics.metric_util import keep_freed_memory  # noqa: E402
 from fusion.utils.cli import add_pair_arguments, parse_named_folders, run_cli  # noqa: E402
-from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked, plain_arg  # noqa: E402
 from fusion.utils.img_util import ImageReadError, imwrite_atomic  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--metrics', nargs='*', default=None,
                         help=f'metrics to compute (default: all: {" ".join(DEFAULT_METRICS)}); extra: '
                              f'{" ".join(m for m in ALL_METRICS if m not in DEFAULT_METRICS)}')
-    parser.add_argument('--skip', nargs='*', default=[], help='metrics to leave out, e.g. --skip fmi (the slowest)')
+    plain_arg(parser, '--skip', nargs='*', default=[], help='metrics to leave out, e.g. --skip fmi (the slowest)')
     parser.add_argument('--fmi-feature', default='none', choices=['none', 'dct'], help='FMI feature (default: none)')
     number_arg(parser, '--ssim-data-range', float, min=0, open_min=True, default=2.0,
                help='SSIM data_range (default 2.0 = CDDFuse; 255 gives conventional values)')

@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--names', help='comma-separated base names to process (default: all pairs)')
     number_arg(p, '--workers', int, min=0, default=0, help='processes for CPU sources (0: in this process)')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
-    p.add_argument('--shard', metavar='I/N', help='generate only shard I of N (0 <= I < N; job arrays) into '
-                   '<out>.shards/; merge with --merge-shards N once all are done. Under torchrun: automatic')
+    plain_arg(p, '--shard', metavar='I/N', help='generate only shard I of N (0 <= I < N; job arrays) into '
+              '<out>.shards/; merge with --merge-shards N once all are done. Under torchrun: automatic')
     number_arg(p, '--merge-shards', int, min=1, metavar='N', help='merge the N finished shards of --out into --out '
                '(then delete them); needs no --ir/--vis')
     p.add_argument('--keep-shards', action='store_true', help='keep the shard caches after merging')

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
               help='params | params_ema for our checkpoints (default: params, or the plain state dict); '
                    'a key the checkpoint lacks is an error')
     parser.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
-    parser.add_argument('--ext', default='png', help='output format: png (default), jpg, bmp, tif')
+    plain_arg(parser, '--ext', default='png', help='output format: png (default), jpg, bmp, tif')
     parser.add_argument('--plain', action='store_true', help='plain eval-mode network instead of the fast path')
     parser.add_argument('--precision', default='fp32', choices=['fp32', 'bf16', 'fp16'],
                         help='fp32 (default, exact) | bf16 (CPUs with AVX512-BF16/AMX, recent GPUs; ~55 dB PSNR '

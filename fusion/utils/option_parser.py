@@ -26,7 +26,7 @@ from typing import Any, Tuple
 import torch
 import yaml
 
-from fusion.utils.entry_io import input_arg, number_arg, parse_checked
+from fusion.utils.entry_io import input_arg, number_arg, parse_checked, plain_arg
 from fusion.utils.option_schema import (Choice, Component, DictOf, OptionError, Required, declare_check,
                                         declare_options, validate_options)
 
@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--auto_resume', action='store_true')
     parser.add_argument('--debug', action='store_true', help='basicsr debug mode; errors show their traceback')
     number_arg(parser, '--local_rank', int, min=0, default=0)
-    parser.add_argument('--force_yml', nargs='+', default=None,
-                        help='Force to update yml files. Examples: train:ema_decay=0.999')
+    plain_arg(parser, '--force_yml', nargs='+', default=None,
+              help='Force to update yml files. Examples: train:ema_decay=0.999')
     return parser
 
 

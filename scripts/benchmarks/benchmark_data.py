@@ -40,7 +40,7 @@ from fusion.data.lmdb_store import LmdbWriter  # noqa: E402
 from fusion.data.mask_cache import MaskCache  # noqa: E402
 from fusion.data.mask_generation import generate_mask_cache  # noqa: E402
 from fusion.utils.cli import run_cli  # noqa: E402
-from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked, plain_arg  # noqa: E402
 
 
 CPU = torch.device('cpu')
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     input_arg(p, '--vis', kind='dir')
     input_arg(p, '--label', kind='dir')
     p.add_argument('--source', default='superpixel', choices=['superpixel', 'label', 'random_crop', 'sam'])
-    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='source options (YAML values)')
+    plain_arg(p, '--set', action='append', default=[], metavar='KEY=VALUE', help='source options (YAML values)')
     number_arg(p, '--max-masks', int, min=1, default=20, help='K stored per modality (official cache: 20)')
     number_arg(p, '--mask-num', int, min=1, default=4, help='masks one training sample reads (SAGE: 4)')
     number_arg(p, '--limit', int, min=0, default=0, help='use the first N pairs / entries (0: all)')
