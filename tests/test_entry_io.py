@@ -23,6 +23,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 from conftest import ROOT, STUDENT_CKPT
 
@@ -159,6 +160,25 @@ def test_path_rules(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['ckpt_1.pth', 'in', 'link', 'o2']  # nothing created
     with pytest.raises(PathConflictError, match='exists and is not a folder'):
         check_output_path('--out', str(tmp_path / 'ckpt_1.pth'), 'dir')
+
+
+def test_fp16_on_a_cpu_is_refused_at_option_validation():
+    """train.amp / val.precision fp16 with the networks on the CPU: one error naming the option and
+    bf16, before anything is built (fp16 ran minutes per iteration there, docs/mixed_precision.md)."""
+    from test_training import _train_options
+
+    from fusion.utils.option_schema import OptionError, validate_options
+    opt = _train_options('fp16_cpu')
+    opt['train']['amp'] = 'fp16'
+    for num_gpu in (0, 'auto') if not torch.cuda.is_available() else (0,):
+        opt['num_gpu'] = num_gpu
+        with pytest.raises(OptionError, match=r'my.yml: train.amp: fp16 on a CPU device .* use train.amp: bf16'):
+            validate_options(json.loads(json.dumps(opt)), True, source='my.yml')
+    opt['train']['amp'] = 'bf16'
+    validate_options(json.loads(json.dumps(opt)), True, source='my.yml')
+    opt['val']['precision'] = 'fp16'
+    with pytest.raises(OptionError, match='val.precision: fp16 needs a CUDA device; on the CPU use bf16'):
+        validate_options(opt, True, source='my.yml')
 
 
 # ------------------------------------------------------------------------------------------------
