@@ -4,11 +4,12 @@ Every entry point is found automatically (a ``.py`` under ``scripts/`` or ``fusi
 ``if __name__ == '__main__'`` block): a new script is covered with no edit here. Each exposes
 ``build_parser()``; its path arguments declare their role and its numbers their range through
 fusion.utils.entry_io (docs/options.md, "Inputs and outputs"). The walk then runs every entry
-point in-process (``runpy`` in one runner process) with each output pointed at each input
-(the same path; inside an input folder; a folder holding the input) and checks: non-zero exit,
-exactly one ``error:`` line naming both options, no traceback, every input byte-identical and
-nothing created. fusion/train.py and fusion/test.py read their paths from the option file: their
-inputs and outputs come from ``option_paths`` (fusion.utils.options_util) and are walked the same way.
+point in-process (``runpy`` in two runner processes) with each output pointed at each input
+(the same path; inside an input folder; a folder holding the input), and each output below a
+file or (a file output) ending in ``/``, and checks: non-zero exit, exactly one ``error:`` line
+naming the options, no traceback, every input byte-identical and nothing created.
+fusion/train.py and fusion/test.py read their paths from the option file: their inputs and
+outputs come from ``option_paths`` (fusion.utils.options_util) and are walked the same way.
 """
 import argparse
 import glob
@@ -167,6 +168,8 @@ def test_fp16_on_a_cpu_is_refused_at_option_validation():
     bf16, before anything is built (fp16 ran minutes per iteration there, docs/mixed_precision.md)."""
     from test_training import _train_options
 
+    import fusion.training  # noqa: F401  (declares the options of the training loop)
+    import fusion.utils.option_parser  # noqa: F401  (and basicsr's)
     from fusion.utils.option_schema import OptionError, validate_options
     opt = _train_options('fp16_cpu')
     opt['train']['amp'] = 'fp16'
@@ -179,6 +182,29 @@ def test_fp16_on_a_cpu_is_refused_at_option_validation():
     opt['val']['precision'] = 'fp16'
     with pytest.raises(OptionError, match='val.precision: fp16 needs a CUDA device; on the CPU use bf16'):
         validate_options(opt, True, source='my.yml')
+
+
+def test_numeric_options_of_the_option_file_have_ranges():
+    from test_training import _train_options
+
+    import fusion.training  # noqa: F401  (declares the options of the training loop)
+    import fusion.utils.option_parser  # noqa: F401  (and basicsr's)
+    from fusion.utils.option_schema import OptionError, validate_options
+    for dotted, value, message in (('train.total_iter', 0, 'train.total_iter: must be >= 1, got 0'),
+                                   ('manual_seed', -3, 'manual_seed: must be >= 0, got -3'),
+                                   ('datasets.train.batch_size_per_gpu', '0', 'batch_size_per_gpu: must be >= 1'),
+                                   ('datasets.train.num_worker_per_gpu', -1, 'num_worker_per_gpu: must be >= 0'),
+                                   ('datasets.train.dataset_enlarge_ratio', 0, 'must be > 0'),
+                                   ('logger.print_freq', 0, 'logger.print_freq: must be >= 1'),
+                                   ('val.val_freq', -5, 'val.val_freq: must be >= 1')):
+        opt = _train_options('ranges')
+        _set_key(opt, dotted, value)
+        with pytest.raises(OptionError, match=message):
+            validate_options(opt, True, source='my.yml')
+    opt = _train_options('ranges')
+    _set_key(opt, 'train.total_iter', '5e3')  # a YAML string number: converted, in range
+    validate_options(opt, True, source='my.yml')
+    assert opt['train']['total_iter'] == 5000
 
 
 # ------------------------------------------------------------------------------------------------
@@ -311,6 +337,18 @@ def _script_cases(rel: str, world: str) -> list:
                 args += [in_flag, *values, out_flag, path]
                 cases.append({'id': f'{rel} {out_flag}={relation} {in_flag}', 'script': osp.join(ROOT, rel),
                               'args': args, 'flags': [out_flag, in_flag]})
+        # Errno 20 before the work: a file output given as a folder, any output below a file
+        base = osp.join(world, f'{osp.basename(rel)[:-3]}_{out.dest}_os')
+        os.makedirs(base)
+        with open(osp.join(base, 'a_file'), 'w') as f:
+            f.write('a file')
+        bad = [('under_file', osp.join(base, 'a_file', 'x'))]
+        if out.io_kind == 'file':
+            bad.append(('trailing_slash', osp.join(base, 'new_folder') + '/'))
+        for relation, path in bad:
+            args = _required_args(rel, parser, osp.join(base, relation), {out.dest}) + [out_flag, path]
+            cases.append({'id': f'{rel} {out_flag}={relation}', 'script': osp.join(ROOT, rel), 'args': args,
+                          'flags': [out_flag]})
     return cases
 
 

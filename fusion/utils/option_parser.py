@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from fusion.utils.entry_io import input_arg, number_arg, parse_checked, plain_arg
-from fusion.utils.option_schema import (Choice, Component, DictOf, OptionError, Required, declare_check,
+from fusion.utils.option_schema import (Choice, Component, DictOf, OptionError, Range, Required, declare_check,
                                         declare_options, validate_options)
 
 
@@ -36,16 +36,17 @@ declare_options({
     'name': Required('str'),
     'model_type': 'str',
     'num_gpu': 'int|str',
-    'manual_seed': 'int',
-    'scale': 'int',
-    'dist_params': {'backend': 'str', 'port': 'int', 'init_method': 'str'},
+    'manual_seed': Range('int', 0),
+    'scale': Range('int', 1),
+    'dist_params': {'backend': 'str', 'port': Range('int', 1, 65535), 'init_method': 'str'},
     'find_unused_parameters': 'bool',
     'datasets': Required(DictOf(Component('dataset', extra={
         'name': Required('str'), 'type': 'str',
         # basicsr.data.build_dataloader
-        'batch_size_per_gpu': 'int', 'num_worker_per_gpu': 'int', 'dataset_enlarge_ratio': 'number',
+        'batch_size_per_gpu': Range('int', 1), 'num_worker_per_gpu': Range('int', 0),
+        'dataset_enlarge_ratio': Range('number', 0, open_min=True),
         'use_shuffle': 'bool', 'pin_memory': 'bool', 'persistent_workers': 'bool',
-        'prefetch_mode': Choice('cpu', 'cuda'), 'num_prefetch_queue': 'int'}))),
+        'prefetch_mode': Choice('cpu', 'cuda'), 'num_prefetch_queue': Range('int', 1)}))),
     'network_*': Component('arch'),
     'path': {
         'pretrain_network_*': 'str', 'strict_load_*': 'bool', 'param_key_*': 'str',
