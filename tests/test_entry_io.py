@@ -163,6 +163,21 @@ def test_path_rules(tmp_path):
         check_output_path('--out', str(tmp_path / 'ckpt_1.pth'), 'dir')
 
 
+def test_meaningless_values_of_evaluate_end_in_one_line(tmp_path, capsys):
+    """The issue's examples: a negative PSNR peak and a selection that leaves no metric."""
+    evaluate = _module('scripts/evaluate.py')
+    (tmp_path / 'ir').mkdir()
+    (tmp_path / 'vi').mkdir()
+    base = ['--ir', str(tmp_path / 'ir'), '--vis', str(tmp_path / 'vi'), '--baseline', 'mean', '--out',
+            str(tmp_path / 'out'), '--quiet']
+    with pytest.raises(SystemExit) as exit_:
+        evaluate['main'](base + ['--psnr-peak', '-1'])
+    assert exit_.value.code == 2 and 'error: argument --psnr-peak: must be > 0, got -1' in capsys.readouterr().err
+    assert evaluate['main'](base + ['--metrics', 'en', '--skip', 'EN']) == 2
+    assert 'error: --metrics / --skip: no metric left to compute' in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ['ir', 'vi']
+
+
 def test_fp16_on_a_cpu_is_refused_at_option_validation():
     """train.amp / val.precision fp16 with the networks on the CPU: one error naming the option and
     bf16, before anything is built (fp16 ran minutes per iteration there, docs/mixed_precision.md)."""
