@@ -33,15 +33,18 @@ from fusion.utils.option_schema import (Choice, Component, DictOf, OptionError, 
 
 # the keys basicsr's parse_options, build_dataloader and train loop read (the framework's own)
 declare_options({
-    'name': Required('str'),
+    'name': Required('label'),
     'model_type': 'str',
     'num_gpu': 'int|str',
     'manual_seed': Range('int', 0),
     'scale': Range('int', 1),
-    'dist_params': {'backend': 'str', 'port': Range('int', 1, 65535), 'init_method': 'str'},
+    # under --launcher pytorch (torchrun sets the address and port): the process group's backend
+    # and timeout, and how long ranks wait for rank 0's validation (docs/distributed.md)
+    'dist_params': {'backend': Choice('nccl', 'gloo'), 'timeout': Range('number', 0, open_min=True),
+                    'validation_timeout': Range('number', 0, open_min=True)},
     'find_unused_parameters': 'bool',
     'datasets': Required(DictOf(Component('dataset', extra={
-        'name': Required('str'), 'type': 'str',
+        'name': Required('label'), 'type': 'str',
         # basicsr.data.build_dataloader
         'batch_size_per_gpu': Range('int', 1), 'num_worker_per_gpu': Range('int', 0),
         'dataset_enlarge_ratio': Range('number', 0, open_min=True),
@@ -151,10 +154,8 @@ def parse_options(root_path: str, is_train: bool = True, argv=None) -> Tuple[dic
         print('Disable distributed.', flush=True)
     else:
         opt['dist'] = True
-        if args.launcher == 'slurm' and 'dist_params' in opt:
-            bs_options.init_dist(args.launcher, **opt['dist_params'])
-        else:
-            bs_options.init_dist(args.launcher)
+        dist_params = opt.get('dist_params') or {}
+        bs_options.init_dist(args.launcher, backend=dist_params.get('backend'), timeout=dist_params.get('timeout'))
     opt['rank'], opt['world_size'] = get_dist_info()
 
     seed = opt.get('manual_seed')
