@@ -43,7 +43,7 @@ from torch.utils.data import Sampler
 from fusion.utils.compat import load_resume_state
 from fusion.utils.dist_util import RankWait, destroy_dist
 from fusion.utils.option_parser import parse_options
-from fusion.utils.option_schema import Required, declare_check, declare_options
+from fusion.utils.option_schema import Range, Required, declare_check, declare_options
 from fusion.utils.options_util import check_option_paths, check_run_folders, resolve_relative_paths
 from fusion.utils.rng_util import restore_rng_state
 from fusion.utils.run_dirs import NewRunFolders
@@ -57,10 +57,12 @@ DEFAULT_VALIDATION_TIMEOUT = 6 * 3600
 
 # the options this loop reads (fusion.utils.option_schema; docs/options.md)
 declare_options({
-    'num_threads': 'int',
-    'train': Required({'total_iter': Required('int'), 'stop_at_iter': 'int', 'deterministic': 'bool'}),
-    'val': {'val_freq': 'int', 'save_img': 'bool'},
-    'logger': {'print_freq': 'int', 'save_checkpoint_freq': 'int', 'image_freq': 'int', 'use_tb_logger': 'bool',
+    'num_threads': Range('int', 1),
+    'train': Required({'total_iter': Required(Range('int', 1)), 'stop_at_iter': Range('int', 1),
+                       'deterministic': 'bool'}),
+    'val': {'val_freq': Range('int', 1), 'save_img': 'bool'},
+    'logger': {'print_freq': Range('int', 1), 'save_checkpoint_freq': Range('int', 1), 'image_freq': Range('int', 1),
+               'use_tb_logger': 'bool',
                'wandb': {'project': 'str', 'resume_id': 'str', 'entity': 'str'}},
     'path': {'ignore_resume_networks': 'str|list'},
 }, phase='train')
@@ -429,7 +431,7 @@ def train_pipeline(root_path: str) -> None:
     opt['root_path'] = root_path
     resolve_relative_paths(opt, root_path)
     check_option_paths(opt)
-    check_run_folders(opt)
+    check_run_folders(opt, args.opt)
     # a run that fails before its first iteration leaves no experiment / tb_logger folder behind
     folders = NewRunFolders([opt['path']['experiments_root'], osp.join(root_path, 'tb_logger', opt['name'])]
                             if opt['rank'] == 0 else [])  # rank 0 creates them

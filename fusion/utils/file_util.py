@@ -98,46 +98,16 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     _atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
-def _inside(path: str, folder: str) -> bool:
-    """``path`` is ``folder`` or lies inside it (real paths: symbolic links resolved)."""
-    path, folder = osp.realpath(path), osp.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def check_output_location(output: str, inputs: Iterable[Tuple[str, str]], what: str = '--output',
                           nested_inputs: bool = False, is_file: bool = False) -> None:
     """Fails (``ValueError`` naming the option) before any work when ``output`` is, or lies inside,
-    one of the ``(name, path)`` inputs (outputs would overwrite inputs), when ``nested_inputs`` and
-    an input lies inside ``output`` (a run folder that is moved aside or rewritten), when a folder
-    output is an existing file, or when it cannot be created or written (e.g. a read-only file
-    system). Creates nothing."""
-    for name, path in inputs:
-        if not path:
-            continue
-        if _inside(output, path):
-            same = osp.realpath(output) == osp.realpath(path)
-            raise ValueError(f'{what} {output} is {"the" if same else "inside the"} input {name} {path}: '
-                             'the outputs would overwrite or mix with the inputs; '
-                             'choose another output location')
-        if nested_inputs and _inside(path, output):
-            raise ValueError(f'{what} {output} holds the input {name} {path}: this run would move or overwrite it; '
-                             'choose another name or location')
-    if is_file:
-        if osp.isdir(output):
-            raise ValueError(f'{what} {output} is a folder, expected a file path')
-    elif osp.exists(output) and not osp.isdir(output):
-        raise ValueError(f'{what} {output} exists and is not a folder')
-    probe = osp.abspath(output)
-    while not osp.exists(probe):
-        parent = osp.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if osp.exists(probe) and probe != osp.abspath(output) and not osp.isdir(probe):
-        raise ValueError(f'{what} {output}: {probe} is a file, so the folder cannot be created')
-    target = probe if osp.isdir(probe) else osp.dirname(probe)
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise ValueError(f'{what} {output}: cannot write in {target} (permission denied or read-only file system)')
+    one of the ``(name, path)`` inputs, when ``nested_inputs`` and an input lies inside ``output``,
+    when it is of the wrong kind, or when it cannot be created or written. Creates nothing. The
+    one implementation is :func:`fusion.utils.entry_io.check_output_path` (entry points declare
+    their paths there); this keeps the older call for library functions."""
+    from fusion.utils.entry_io import check_output_path
+    check_output_path(what, output, 'file' if is_file else 'dir', [(n, p, 'dir') for n, p in inputs],
+                      holds=nested_inputs)
 
 
 def file_sha256(path: str, chunk: int = 1 << 20) -> str:

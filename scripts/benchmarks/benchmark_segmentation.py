@@ -31,6 +31,8 @@ from bench_util import ROOT, emit_json, machine_meta  # also puts the repository
 from fusion.data.segmentation_dataset import find_images  # noqa: E402
 from fusion.segmentation.config import load_preset  # noqa: E402
 from fusion.segmentation.protocol import split_names, total_iterations  # noqa: E402
+from fusion.utils.cli import run_cli  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked  # noqa: E402
 
 
 # two-sided 97.5 % quantiles of Student's t for 1..10 degrees of freedom (statistical tables)
@@ -81,21 +83,26 @@ def _report(summary: dict, seeds: int) -> dict:
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--data', default=osp.join(ROOT, os.pardir, 'shared', 'data', 'MFNet'),
-                        help='folder with ir/, vi/, label/ (default: the shared MFNet copy beside the repository)')
-    parser.add_argument('--pairs', type=int, default=50, help='labelled pairs in the subset (default 50)')
-    parser.add_argument('--subset-seed', type=int, default=0)
-    parser.add_argument('--split', type=float, default=0.7, help='training fraction of the subset (default 0.7)')
-    parser.add_argument('--split-seed', type=int, default=0)
-    parser.add_argument('--preset', default='cpu')
-    parser.add_argument('--seeds', type=int, default=3)
-    parser.add_argument('--threads', type=int, default=1)
-    parser.add_argument('--work', default=osp.join(ROOT, 'results', 'bench_segmentation'),
-                        help='working folder: subset links, fused images, the protocol\'s --out')
-    parser.add_argument('--json', help='also write the report here')
-    args = parser.parse_args()
+    input_arg(parser, '--data', kind='dir', default=osp.join(ROOT, os.pardir, 'shared', 'data', 'MFNet'),
+              help='folder with ir/, vi/, label/ (default: the shared MFNet copy beside the repository)')
+    number_arg(parser, '--pairs', int, min=2, default=50, help='labelled pairs in the subset (default 50)')
+    number_arg(parser, '--subset-seed', int, min=0, default=0)
+    number_arg(parser, '--split', float, min=0, max=1, open_min=True, open_max=True, default=0.7,
+               help='training fraction of the subset (default 0.7)')
+    number_arg(parser, '--split-seed', int, min=0, default=0)
+    input_arg(parser, '--preset', kind='file', default='cpu', help='cpu | paper or a preset .yml')
+    number_arg(parser, '--seeds', int, min=1, default=3)
+    number_arg(parser, '--threads', int, min=1, default=1)
+    output_arg(parser, '--work', kind='dir', default=osp.join(ROOT, 'results', 'bench_segmentation'),
+               help='working folder: subset links, fused images, the protocol\'s --out')
+    output_arg(parser, '--json', kind='file', help='also write the report here')
+    return parser
+
+
+def main(argv=None) -> None:
+    args = parse_checked(build_parser(), argv)
     if not osp.isdir(osp.join(args.data, 'label')):
         raise SystemExit(f'error: --data {args.data}: no label/ folder (the shared data is not beside the repository?)')
     start = time.time()
@@ -124,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)
