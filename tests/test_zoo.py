@@ -302,3 +302,15 @@ def test_zoo_fusion_net_is_registered_and_builds_from_options(tmp_path):
     assert isinstance(net, ZooFusion) and net.entry.name == 'seafusion'
     with pytest.raises(ValueError, match='SAGEStudent'):
         ARCH_REGISTRY.get('ZooFusionNet')(method='sage')
+
+
+def test_runner_knows_no_concrete_network():
+    """fusion/zoo builds every method through ARCH_REGISTRY from its entry (the SAGE student only
+    through fusion.inference's loader)."""
+    import glob
+
+    from test_layering import _fusion_imports
+    for path in glob.glob(osp.join(ROOT, 'fusion', 'zoo', '*.py')):
+        rel = osp.relpath(path, ROOT)
+        bad = {m for m in _fusion_imports(rel) if m.startswith(('fusion.archs', 'fusion.models', 'fusion.losses'))}
+        assert not bad, f'{rel} imports {sorted(bad)}'
