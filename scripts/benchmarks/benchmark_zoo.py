@@ -63,8 +63,11 @@ def main(argv=None) -> int:
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--weights-dir', default=None, help='load published weights from here where present')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--json', default=None, help='also write the JSON report here')
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     methods = args.methods or list_zoo_methods()[1:]
     results = [bench_method(m, args.size, args.repeats, args.warmup, args.weights_dir) for m in methods]
     for r in results:
