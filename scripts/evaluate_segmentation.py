@@ -28,10 +28,11 @@ import fusion  # noqa: E402,F401  (basicsr fixes + registries)
 from fusion.data.segmentation_dataset import find_images, read_label, read_name_list  # noqa: E402
 from fusion.segmentation.config import available, load_dataset_info, load_preset  # noqa: E402
 from fusion.segmentation.protocol import (BASELINE_KINDS, FIXED_UNIT, SegmentationInputs,  # noqa: E402
-                                          check_method_name, picture_names, prepare_baselines, run_protocol,
-                                          split_names)
+                                          baseline_sources, check_method_name, picture_names, prepare_baselines,
+                                          run_protocol, split_names, total_iterations)
 from fusion.segmentation.report import format_table, prediction_grid, summarize, write_reports  # noqa: E402
 from fusion.utils.cli import INPUT_ERRORS, add_pair_arguments, parse_named_folders, run_cli  # noqa: E402
+from fusion.utils.file_util import check_output_location  # noqa: E402
 from fusion.utils.img_util import imwrite_atomic  # noqa: E402
 
 
@@ -106,6 +107,11 @@ def _compare(args) -> int:
         raise ValueError(f'method name(s) {clash} clash with baselines of the same name')
     if args.fixed_segmenter and not osp.isfile(args.fixed_segmenter):
         raise FileNotFoundError(f'--fixed-segmenter: no such file: {args.fixed_segmenter}')
+    inputs_given = [('--ir', args.ir), ('--vis', args.vis), ('--label', args.label)]
+    inputs_given += [(f'--fused {name}', folder) for name, folder in methods.items()]
+    check_output_location(args.out, inputs_given, what='--out')
+    if args.json:
+        check_output_location(args.json, inputs_given, what='--json', is_file=True)
     train, test = _names(args)
     fixed = args.fixed_segmenter is not None
     train = [] if fixed else train
@@ -122,13 +128,14 @@ def _compare(args) -> int:
     weights = preset['network'].get('encoder_weights')
     print(f'{len(train)} training / {len(test)} test pairs; preset {osp.basename(preset["_path"])}: '
           f'{preset["network"].get("arch")}/{preset["network"].get("encoder_name")} at {preset["size"][0]}x'
-          f'{preset["size"][1]}, {preset["epochs"]} epochs; '
+          f'{preset["size"][1]}, {total_iterations(preset, len(train))} iterations; '
           + ('fixed segmenter ' + args.fixed_segmenter if fixed else f'seeds {seeds}') + '; encoder '
           + (f'weights from {weights}' if weights else 'randomly initialised (no encoder_weights in the preset)'))
     baselines = prepare_baselines(args.baseline, args.ir, args.vis, args.label, names, osp.join(args.out, 'baselines'),
                                   info, progress=not args.quiet)
     all_methods = dict(methods, **baselines)
-    inputs = SegmentationInputs(args.ir, args.vis, args.label, all_methods, train, test)
+    inputs = SegmentationInputs(args.ir, args.vis, args.label, all_methods, train, test,
+                                made_from=baseline_sources(args.baseline, args.ir, args.vis, args.label))
     picture = picture_names(args.label, test, info, args.grid_images)
 
     def progress(total: int, desc: str):
@@ -136,7 +143,7 @@ def _compare(args) -> int:
     result = run_protocol(inputs, preset, info, seeds, args.out, fixed_checkpoint=args.fixed_segmenter,
                           picture=picture, progress=progress)
     extra = {'preset': osp.basename(preset['_path']), 'dataset': info['name'], 'train_pairs': len(train),
-             'test_pairs': len(test), 'reused_units': result.reused,
+             'test_pairs': len(test), 'reused_units': result.reused, 'rerun_units': dict(result.rerun),
              'unit_seconds': {m: {u: round(s, 1) for u, s in units.items()} for m, units in result.seconds.items()}}
     if fixed:
         extra['fixed_segmenter'] = osp.abspath(args.fixed_segmenter)

@@ -1,4 +1,5 @@
-"""Atomic file writes (a file under its final name is always complete) and output-location checks.
+"""Atomic file writes (a file under its final name is always complete), output-location checks, and
+content digests of files (what a resumed run compares to know its inputs are unchanged).
 
 Temporary files are named ``.tmp_<pid>_*`` beside their target; readers skip hidden files, and
 the first atomic write of a process into a folder removes the temporary files that runs which
@@ -6,11 +7,12 @@ are no longer alive left there (a run killed while writing).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import os.path as osp
 import re
 import tempfile
-from typing import Any, Callable, Iterable, Set, Tuple
+from typing import Any, Callable, Iterable, Mapping, Set, Tuple
 
 
 TMP_PREFIX = '.tmp_'
@@ -136,3 +138,22 @@ def check_output_location(output: str, inputs: Iterable[Tuple[str, str]], what: 
     target = probe if osp.isdir(probe) else osp.dirname(probe)
     if not os.access(target, os.W_OK | os.X_OK):
         raise ValueError(f'{what} {output}: cannot write in {target} (permission denied or read-only file system)')
+
+
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def files_digest(files: Mapping[str, str]) -> str:
+    """One short digest of ``{name: path}``: every name, its file's base name, size and content
+    (changes when any file is added, removed, renamed or rewritten with other bytes)."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        path = files[name]
+        h.update(f'{name}\0{osp.basename(path)}\0{osp.getsize(path)}\0{file_sha256(path)}\n'.encode())
+    return h.hexdigest()[:16]

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 
 __all__ = ['OptionError', 'Choice', 'Component', 'DictOf', 'Required', 'declare_options', 'validate_options',
-           'component_schema']
+           'component_schema', 'validate_file_options']
 
 
 class OptionError(ValueError):
@@ -423,5 +423,25 @@ def validate_options(opt: dict, is_train: bool, source: str = 'options') -> None
                 message = check(opt)
                 if message:
                     checker.errors.append(message)
+    if checker.errors:
+        raise OptionError(f'{source}: ' + '; '.join(checker.errors))
+
+
+def validate_file_options(values: Any, schema: dict, source: str,
+                          checks: Iterable[Callable[[dict], Optional[str]]] = ()) -> None:
+    """Checks a stand-alone option file that is not a train/test YAML (e.g. the segmentation
+    protocol's presets and dataset files) against ``schema`` exactly as :func:`validate_options`
+    checks a section: unknown keys with the closest valid one, types, registered components,
+    numeric strings converted in place. Then each ``check(values) -> message or None`` (value
+    rules a schema cannot state). Raises one :class:`OptionError` naming ``source``."""
+    if not isinstance(values, dict):
+        raise OptionError(f'{source}: expected options as key: value lines, got {type(values).__name__}')
+    checker = _Checker(source)
+    checker.section(values, schema, '')
+    if not checker.errors:
+        for check in checks:
+            message = check(values)
+            if message:
+                checker.errors.append(message)
     if checker.errors:
         raise OptionError(f'{source}: ' + '; '.join(checker.errors))
