@@ -130,6 +130,13 @@ CASES: Dict[str, Case] = {c.key: c for c in [
           'metrics.<metric>.ours.cpu_median_s': NONNEG, 'metrics.<metric>.ours.value': POSITIVE,
           'metrics.<metric>.recorded_over_ours': POSITIVE, 'image.shape_hw': COUNTS},
          lambda report: (set(report['metrics']) == {'en', 'sd'}) or pytest.fail(f'metrics {list(report["metrics"])}')),
+    Case('benchmark_zoo.py',  # every zoo entry, random weights
+         lambda tmp: ['--size', '32x48', '--repeats', '1', '--warmup', '0', '--threads', '1'],
+         {'methods[].method': TEXT, 'methods[].params': COUNT, 'methods[].flops': COUNT,
+          'methods[].plain.median_ms': POSITIVE, 'methods[].fast.median_ms': POSITIVE, 'methods[].speedup': POSITIVE,
+          'methods[].max_abs_diff': Check('a difference <= 1e-5', lambda v: _number(v) and 0 <= v <= 1e-5),
+          'methods[].within_tolerance': _one_of(True), 'tolerance': _one_of(1e-5), 'meta.size': _one_of('32x48'),
+          'meta.cpu.name': TEXT}),
 ]}
 
 
