@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from fusion.archs.zoo_weights import fold_bn, load_tensor_file, strict_state_dict
+from fusion.archs.zoo_util import check_fits, fold_bn, load_torch_state, resolve_weight_file
 
 
 WEIGHTS_SOURCE = ('the DIDFuse authors\' repository (Zhaozixiang1228/IVIF-DIDFuse, Models/Encoder_weight_IJCAI.pkl '
@@ -143,31 +143,21 @@ class DIDFuseNet(nn.Module):
     def published_state_dict(path: str) -> Dict[str, torch.Tensor]:
         """The authors' ``Encoder.pkl`` + ``Decoder.pkl`` (each ``{'weight': state_dict, 'epoch'}``) as
         one state dict of this class. ``path``: the folder holding both, or either file (the other is
-        taken from beside it); the authors' names ``*_weight_IJCAI.pkl`` work too."""
+        taken from beside it); the authors' names ``*_weight_IJCAI.pkl`` work too. Read with
+        ``weights_only=True``: the files hold only tensors, a dict and an int."""
         folder = path if os.path.isdir(path) else os.path.dirname(path) or '.'
-        expected = f'{ENCODER_NAMES[0]} and {DECODER_NAMES[0]} (from {WEIGHTS_SOURCE})'
-
-        def find(names: Tuple[str, ...]) -> str:
-            for name in names:
-                if os.path.isfile(os.path.join(folder, name)):
-                    return os.path.join(folder, name)
-            raise ValueError(f'DIDFuse weights: {path}: no {names[0]} there; expected {expected}')
-
         state = {}
-        for part, names, prefix in (('encoder', ENCODER_NAMES, 'cov'), ('decoder', DECODER_NAMES, 'cov')):
-            file = find(names)
-            obj = load_tensor_file(file, 'DIDFuse', expected)
-            weights = obj.get('weight') if isinstance(obj, dict) else None
-            if not isinstance(weights, dict):
-                raise ValueError(f'DIDFuse weights: {file} is not a DIDFuse {part} file (no "weight" state dict); '
-                                 f'expected {expected}')
-            for key, value in weights.items():
+        for part, names in (('encoder', ENCODER_NAMES), ('decoder', DECODER_NAMES)):
+            name = next((n for n in names if os.path.isfile(os.path.join(folder, n))), names[0])
+            file = resolve_weight_file(folder, name, WEIGHTS_SOURCE)
+            for key, value in load_torch_state(file, name, WEIGHTS_SOURCE).items():
                 # released keys repeat the block name: cov1.cov1.1.weight -> encoder.cov1.1.weight
                 block, _, rest = key.partition('.')
                 if rest.startswith(block + '.'):
                     rest = rest[len(block) + 1:]
                 state[f'{part}.{block}.{rest}'] = value
-        return strict_state_dict(DIDFuseNet(), state, 'DIDFuse', expected)
+        check_fits(state, DIDFuseNet(), path, 'DIDFuse', WEIGHTS_SOURCE)
+        return state
 
 
 class FastDIDFuse(nn.Module):

@@ -19,7 +19,6 @@ window size 1, each token attends only to itself (the softmax over one key is 1)
 from __future__ import annotations
 
 import copy
-import os
 from typing import Dict, Optional
 
 import torch
@@ -27,9 +26,10 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from fusion.archs.zoo_weights import fold_bn, load_tensor_file, strict_state_dict
+from fusion.archs.zoo_util import check_fits, fold_bn, load_torch_state
 
 
+WEIGHTS_FILE = 'model_10.pth'
 WEIGHTS_SOURCE = 'the YDTR authors\' repository (github tthinking/YDTR, models/model_10.pth; no licence: never bundled)'
 # defined in the release but never used by its forward: dropped when loading
 UNUSED_PREFIXES = ('conv64.', 'conv.', 'patch_embed.')
@@ -245,16 +245,12 @@ class YDTRNet(nn.Module):
         """The authors' ``model_10.pth`` (a plain state dict) as a state dict of this class; the
         release's unused modules (``conv64``, ``conv``, ``patch_embed``) are dropped. ``path``: the
         file, or the folder holding it."""
-        file = os.path.join(path, 'model_10.pth') if os.path.isdir(path) else path
-        expected = f'model_10.pth (from {WEIGHTS_SOURCE})'
-        obj = load_tensor_file(file, 'YDTR', expected)
-        if not isinstance(obj, dict):
-            raise ValueError(f'YDTR weights: {file} holds a {type(obj).__name__}, not a state dict; '
-                             f'expected {expected}')
-        state = {k: v for k, v in obj.items() if not k.startswith(UNUSED_PREFIXES)}
+        state = load_torch_state(path, WEIGHTS_FILE, WEIGHTS_SOURCE)
+        state = {k: v for k, v in state.items() if not k.startswith(UNUSED_PREFIXES)}
         # the release's out conv sits in a wrapper (convolutional_out.conv); ours is the conv itself
         state = {k.replace('convolutional_out.conv.', 'convolutional_out.'): v for k, v in state.items()}
-        return strict_state_dict(YDTRNet(), state, 'YDTR', expected)
+        check_fits(state, YDTRNet(), path, 'YDTR', WEIGHTS_SOURCE)
+        return state
 
 
 class FastYDTR(nn.Module):
