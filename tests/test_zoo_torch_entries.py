@@ -11,6 +11,7 @@ import torch
 
 from fusion.archs.didfuse_arch import DIDFuseNet
 from fusion.archs.ydtr_arch import YDTRNet
+from fusion.inferencer import FusionInferencer
 from fusion.zoo import build_zoo_method, load_zoo_entry
 from tests.test_zoo_torch_archs import didfuse_release_files, ydtr_release_file
 
@@ -48,6 +49,24 @@ def test_random_init_through_the_runner(method):
     cr = torch.full((1, 10, 14), 0.7)
     img = net.image_from_fused(out[0], cr, cr)
     assert img.shape == (10, 14) and img.dtype == np.uint8
+
+
+@pytest.mark.parametrize('method', ['didfuse', 'ydtr'])
+def test_inferencer_fast_path_matches_plain(method):
+    """What benchmark_zoo times: FusionInferencer's fast form (channels_last on CPU) against the
+    plain eval forward, within 1e-5; with batches of two."""
+    torch.manual_seed(1)
+    net = build_zoo_method(method)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.fill_(1.7)
+            m.running_mean.fill_(0.05)
+    runner = FusionInferencer(net, 'cpu', max_batch=2)
+    assert runner.fast
+    vis, ir = torch.rand(2, 1, 16, 20), torch.rand(2, 1, 16, 20)
+    with torch.no_grad():
+        plain = net(vis, ir)
+    assert (runner.fuse(vis, ir) - plain).abs().max() < 1e-5
 
 
 def test_rounding_conventions_differ():
