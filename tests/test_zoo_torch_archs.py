@@ -190,9 +190,11 @@ def test_ydtr_fast_path_matches_plain():
     assert (fast - plain).abs().max() < 1e-5
 
 
-def test_ydtr_too_small():
-    with pytest.raises(ValueError, match='at least 2 x 2'):
-        YDTRNet().eval()(torch.rand(1, 1, 1, 5), torch.rand(1, 1, 1, 5))
+def test_ydtr_takes_tiny_images():
+    net = YDTRNet().eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 1, 1, 1), torch.rand(1, 1, 1, 1)).shape == (1, 1, 1, 1)
+        assert net.fuse_for_inference()(torch.rand(1, 1, 1, 5), torch.rand(1, 1, 1, 5)).shape == (1, 1, 1, 5)
 
 
 def test_ydtr_loads_release_format(tmp_path):

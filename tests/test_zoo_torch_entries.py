@@ -95,9 +95,8 @@ def test_weights_of_the_other_method_name_both(tmp_path):
         build_zoo_method('ydtr', str(tmp_path / 'Encoder.pkl'))
 
 
-@pytest.mark.parametrize('method', ['didfuse', 'ydtr'])
-def test_image_below_the_minimum_size(method):
-    net = build_zoo_method(method)
+def test_image_below_the_minimum_size():
+    net = build_zoo_method('didfuse')  # YDTR takes any size from 1 x 1
     with pytest.raises(ValueError, match='smaller than the method\'s minimum size 2x2'):
         net(torch.rand(1, 1, 1, 6), torch.rand(1, 1, 1, 6))
 

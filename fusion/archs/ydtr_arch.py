@@ -203,10 +203,11 @@ class YDTRNet(nn.Module):
     ===============  =======  ==================================================================
 
     ``forward(vis, ir)`` takes B x 1 x H x W grey images in [0, 1] (pixel / 255, as the authors' test
-    feeds them) and returns the Tanh output (the authors' test writes it as ``uint8(out * 255)``).
+    feeds them) and returns the Tanh output (the authors' test writes it as ``uint8(out * 255)``). Any size
+    from 1 x 1 px (H and W multiples of ``window_size``).
     """
 
-    min_size = 2  # the replicate padding and the 3x3 convs need 2 px per side
+    min_size = 1  # replicate padding and zero-padded convs work down to 1 x 1 px
 
     def __init__(self, dim: int = 64, depth: int = 2, num_heads: int = 8, window_size: int = 1,
                  mlp_ratio: float = 4.0) -> None:
