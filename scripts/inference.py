@@ -1,7 +1,12 @@
 #!/usr/bin/env python
-"""Fuse every IR/visible pair of two folders with the SAGE student; no YAML needed.
+"""Fuse every IR/visible pair of two folders with the SAGE student (default) or a zoo method; no YAML needed.
 
     python scripts/inference.py --ir datasets/M3FD/ir --vis datasets/M3FD/vi --output results/m3fd
+    python scripts/inference.py --method seafusion --weights PATH/SeAFusion.pth --ir DIR --vis DIR --output DIR
+
+Zoo methods (docs/zoo.md) need their authors' weights: ``--weights`` takes the file or the folder
+holding the files exactly as published; their authors' conventions (input range, rounding ...)
+come from options/zoo/<method>.yml.
 
 Output files keep the input names (as PNG unless --ext says otherwise); colour comes from the
 visible image's chroma (YCrCb); grey visible inputs give grey outputs.
@@ -13,14 +18,35 @@ import sys
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
-from fusion.inference import DEFAULT_MODEL, fuse_folders, load_student  # noqa: E402
+from fusion.inference import DEFAULT_MODEL, fuse_folders, load_student, resolve_device  # noqa: E402
 from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
+from fusion.zoo import build_zoo_method, list_zoo_methods, load_zoo_entry  # noqa: E402
+
+
+def build_net(args: argparse.Namespace):
+    """The SAGE student (``--model`` / ``--weights``, ``--param-key``) or a zoo method."""
+    if args.method.lower() == 'sage':
+        if args.weights and args.model != DEFAULT_MODEL:
+            raise ValueError('--weights and --model both name the SAGE checkpoint; give one')
+        return load_student(args.weights or args.model, args.device, param_key=args.param_key)
+    entry = load_zoo_entry(args.method)  # unknown method: the closest names
+    if args.model != DEFAULT_MODEL or args.param_key:
+        raise ValueError(f'--model / --param-key are for the SAGE student; {entry.name} takes --weights')
+    if not args.weights:
+        raise ValueError(f'--weights: {entry.name} needs its authors\' {", ".join(entry.weights["files"])} '
+                         f'(from {entry.weights["source"]}); nothing is downloaded')
+    return build_zoo_method(entry.name, args.weights, resolve_device(args.device))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pair_arguments(parser)
     parser.add_argument('--output', required=True, help='folder for the fused images')
+    parser.add_argument('--method', default='sage',
+                        help=f'sage (default: the SAGE student) or a zoo method: {", ".join(list_zoo_methods()[1:])}')
+    parser.add_argument('--weights', default=None,
+                        help='the method\'s weights: the file or the folder of files as its authors publish them '
+                             '(required for zoo methods; for sage the same as --model)')
     parser.add_argument('--model', default=DEFAULT_MODEL, help='student checkpoint (default: the released one)')
     parser.add_argument('--param-key', default=None,
                         help='params | params_ema for our checkpoints (default: params, or the plain state dict); '
@@ -37,7 +63,7 @@ def main(argv=None) -> int:
                         help='overlap of neighbouring tiles (default: 3 x the network\'s tile margin, 96 for the '
                              'SAGE student: equal to untiled within 1e-6)')
     args = parser.parse_args(argv)
-    net = load_student(args.model, args.device, param_key=args.param_key)
+    net = build_net(args)
     written = fuse_folders(args.ir, args.vis, args.output, net, ext=args.ext, fast=not args.plain,
                            batch_size=args.batch_size, tile_size=args.tile, tile_overlap=args.tile_overlap,
                            precision=args.precision)
