@@ -11,7 +11,6 @@ scaling) and save the raw output with ``scipy.misc.imsave``, which min-max resca
 """
 from __future__ import annotations
 
-import copy
 from typing import Dict
 
 import torch
@@ -19,7 +18,8 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from fusion.archs.tf_weights import ReflectConv3x3, check_min_size, load_tf_method_weights, register_layout
+from fusion.archs.tf_weights import (ChannelsLastNet, ReflectConv3x3, check_min_size, load_tf_method_weights,
+                                     register_layout)
 
 
 # torch module -> (TF variable scope, (in, out channels)) in the authors' graph
@@ -64,7 +64,7 @@ class DenseFuseNet(nn.Module):
         rule: fusion rule between encoder and decoder: ``addition`` (the sum of the two encodings,
             the paper's default and the published weights' rule) or ``l1_norm``.
 
-    Deploy contract: ``fuse_for_inference()`` (both encodings in one batched pass), ``tile_margin``
+    Deploy contract: ``fuse_for_inference()`` (channels-last copy), ``tile_margin``
     = 8 (eight 3x3 convolutions), ``size_multiple`` = 1, ``min_size`` = 2 (reflection padding).
     """
 
@@ -101,27 +101,11 @@ class DenseFuseNet(nn.Module):
         return self.decode(self.fuse(self.encode(vis), self.encode(ir)))
 
     def fuse_for_inference(self) -> nn.Module:
-        """An eval-mode copy that encodes both images in one batched pass (same result)."""
-        return _BatchedDenseFuse(copy.deepcopy(self).eval())
+        """The deploy form: an eval-mode copy in channels-last layout (same results, faster on CPU)."""
+        return ChannelsLastNet(self)
 
     @staticmethod
     def published_state_dict(path: str) -> Dict[str, torch.Tensor]:
         """The authors' TF1 checkpoint (prefix, file or folder of ``DeseFuse.ckpt.*``) or a ``.pth``
         converted from it, as a state dict for this class."""
         return load_tf_method_weights(path, DENSEFUSE_LAYERS, 'DenseFuse', DENSEFUSE_FILES, DENSEFUSE_SOURCE)
-
-
-class _BatchedDenseFuse(nn.Module):
-    """DenseFuse with the two encoder passes stacked along the batch (one call, larger GEMMs)."""
-    size_multiple = DenseFuseNet.size_multiple
-    tile_margin = DenseFuseNet.tile_margin
-    min_size = DenseFuseNet.min_size
-
-    def __init__(self, net: DenseFuseNet) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-        check_min_size(vis, self.min_size, 'DenseFuse')
-        f_vis, f_ir = self.net.encode(torch.cat([vis, ir], dim=0)).chunk(2, dim=0)
-        return self.net.decode(self.net.fuse(f_vis, f_ir))

@@ -6,6 +6,7 @@ Not an ``*_arch.py``: imported by the archs that need it (densefuse_arch, u2fusi
 """
 from __future__ import annotations
 
+import copy
 import os
 import os.path as osp
 from typing import Dict, Mapping, Sequence, Tuple
@@ -26,6 +27,23 @@ class ReflectConv3x3(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(F.pad(x, (1, 1, 1, 1), mode='reflect'))
+
+
+class ChannelsLastNet(nn.Module):
+    """The deploy form of the TF-trained nets: an eval-mode copy in channels-last memory layout
+    (NHWC, the layout their graphs ran in), which oneDNN convolves faster on CPU than NCHW;
+    the same arithmetic, results equal within float rounding. Keeps the deploy attributes."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = copy.deepcopy(net).eval().to(memory_format=torch.channels_last)
+        for attr in ('size_multiple', 'tile_margin', 'min_size'):
+            setattr(self, attr, getattr(net, attr))
+
+    def forward(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        out = self.net(vis.contiguous(memory_format=torch.channels_last),
+                       ir.contiguous(memory_format=torch.channels_last))
+        return out.contiguous()
 
 
 def check_min_size(x: torch.Tensor, min_size: int, method: str) -> None:
