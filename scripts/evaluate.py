@@ -4,8 +4,15 @@
     python scripts/evaluate.py --ir datasets/MFNet/ir --vis datasets/MFNet/vi \\
         --fused sage=results/mfnet --baseline mean max --out results/eval_mfnet
 
+    python scripts/evaluate.py --ir DIR --vis DIR --fused sage=DIR --convention tang
+
+--convention picks the metric toolbox reproduced (docs/metrics.md: use the one of the papers you
+compare with): cddfuse (default; CDDFuse's Python Evaluator), tang (Tang's MATLAB toolbox: EN SD SF
+AG MI SCD VIF Qabf CC PSNR MSE) or vifb (VIFB's MATLAB metrics, colour per channel). Every table,
+CSV and JSON names the convention; JSON keys are the toolbox's own metric names.
+
 Fused folders hold one image per pair with the same base name as the IR/visible files (any
-extension; colour results are converted to grey with OpenCV's weights). Prints the table of means
+extension; with cddfuse colour results are converted to grey with OpenCV's weights). Prints the table of means
 and writes into --out: metrics.json ({method: {"mean": {...}, "per_image": {...}}}), metrics.csv
 (means), metrics_per_image.csv, metrics.md and comparison.png (IR, visible and every method for a
 few pairs). Unpaired files stop the run with their names listed; unreadable or wrongly sized files
@@ -20,6 +27,7 @@ from typing import List, Optional
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
 from fusion.metrics.baselines import BASELINES  # noqa: E402
+from fusion.metrics.conventions import CONVENTIONS, DEFAULT_CONVENTION, get_convention  # noqa: E402
 from fusion.metrics.evaluation import comparison_grid, evaluate_folders, format_table, write_outputs  # noqa: E402
 from fusion.metrics.fusion_metrics import ALL_METRICS, DEFAULT_METRICS  # noqa: E402
 from fusion.metrics.metric_util import keep_freed_memory  # noqa: E402
@@ -42,14 +50,21 @@ def main(argv=None) -> int:
                         help='add pixel mean / max fusions as reference methods')
     parser.add_argument('--out', default='results/evaluation', help='output folder (default: results/evaluation)')
     parser.add_argument('--json', default=None, help='JSON path (default: OUT/metrics.json)')
+    parser.add_argument('--convention', default=DEFAULT_CONVENTION, choices=sorted(CONVENTIONS),
+                        help='metric toolbox to reproduce: cddfuse (default), tang, vifb (see docs/metrics.md)')
     parser.add_argument('--metrics', nargs='*', default=None,
-                        help=f'metrics to compute (default: all: {" ".join(DEFAULT_METRICS)}); extra: '
-                             f'{" ".join(m for m in ALL_METRICS if m not in DEFAULT_METRICS)}')
+                        help=f'metrics to compute (default: all of the convention; cddfuse: '
+                             f'{" ".join(DEFAULT_METRICS)}; '
+                             f'extra: {" ".join(m for m in ALL_METRICS if m not in DEFAULT_METRICS)}; tang: '
+                             f'{" ".join(get_convention("tang").default_metrics)}; vifb: '
+                             f'{" ".join(get_convention("vifb").default_metrics)})')
     parser.add_argument('--skip', nargs='*', default=[], help='metrics to leave out, e.g. --skip fmi (the slowest)')
-    parser.add_argument('--fmi-feature', default='none', choices=['none', 'dct'], help='FMI feature (default: none)')
+    parser.add_argument('--fmi-feature', default='none', choices=['none', 'dct'],
+                        help='FMI feature (default: none; cddfuse only)')
     parser.add_argument('--ssim-data-range', type=float, default=2.0,
-                        help='SSIM data_range (default 2.0 = CDDFuse; 255 gives conventional values)')
-    parser.add_argument('--psnr-peak', type=float, default=None, help='PSNR peak (default: max of the fused image)')
+                        help='SSIM data_range (default 2.0 = CDDFuse; 255 gives conventional values; cddfuse only)')
+    parser.add_argument('--psnr-peak', type=float, default=None,
+                        help='PSNR peak (default: max of the fused image; cddfuse only)')
     parser.add_argument('--grid-images', type=int, default=4, help='pairs shown in comparison.png (0: no picture)')
     parser.add_argument('--workers', type=int, default=1, help='processes computing metrics in parallel')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
@@ -60,21 +75,28 @@ def main(argv=None) -> int:
         methods = parse_named_folders(args.fused)
         check_output_location(args.out, [('--ir', args.ir), ('--vis', args.vis)]
                               + [(f'--fused {name}', folder) for name, folder in methods.items()], what='--out')
-        metrics = _parse_metric_list(args.metrics) or list(DEFAULT_METRICS)
-        skip = set(_parse_metric_list(args.skip) or [])
-        unknown = sorted(skip - set(ALL_METRICS))
+        convention = get_convention(args.convention)
+        metrics = convention.resolve(_parse_metric_list(args.metrics))
+        skip = {m.lower() for m in _parse_metric_list(args.skip) or []}
+        unknown = sorted(skip - {m.lower() for m in convention.all_metrics})
         if unknown:
-            raise ValueError(f'unknown metric(s) to skip: {unknown}')
+            raise ValueError(f'--skip: unknown metric(s) {unknown} for convention {convention.name}')
         metrics = [m for m in metrics if m.lower() not in skip]
+        if convention.name != DEFAULT_CONVENTION and (args.psnr_peak is not None or args.ssim_data_range != 2.0
+                                                      or args.fmi_feature != 'none'):
+            raise ValueError(f'--psnr-peak, --ssim-data-range and --fmi-feature apply to --convention '
+                             f'{DEFAULT_CONVENTION} only: the {convention.name} toolbox has no such settings')
         options = {'fmi': {'feature': args.fmi_feature}, 'ssim': {'data_range': args.ssim_data_range},
                    'psnr': {'peak': args.psnr_peak}}
         result = evaluate_folders(args.ir, args.vis, methods, baselines=args.baseline, metrics=metrics,
-                                  options=options, workers=args.workers, progress=not args.quiet)
+                                  options=options, workers=args.workers, progress=not args.quiet,
+                                  convention=convention.name)
     except (ImageReadError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
 
-    print(f'\n{len(result.images)} images, {len(result.methods)} methods (* = best per metric)\n')
+    print(f'\n{len(result.images)} images, {len(result.methods)} methods, convention {result.convention} '
+          '(* = best per metric)\n')
     print(format_table(result))
     picture = None
     if result.images and args.grid_images > 0:

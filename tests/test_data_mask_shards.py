@@ -98,6 +98,20 @@ def test_shard_resumes_and_merge_refuses_what_is_not_right(tmp_path, single, mon
     assert _entries(out)[0] == single[0]
 
 
+def test_a_shard_checks_the_final_caches_settings_before_it_runs(tmp_path):
+    """A final cache made with other settings: the shard refuses at its start (once, every shard
+    ran and only the merge refused), and leaves no shard cache behind."""
+    out = str(tmp_path / 'final.lmdb')
+    generate_mask_cache(IR, VIS, out, TINY_SAM, max_masks=3, progress=False, names=NAMES[:1])
+    with pytest.raises(MaskCacheError, match=r'final\.lmdb: the existing mask cache was made with other settings'
+                                             r'[^$]*points_per_side: cache has 4, requested 3'):
+        generate_mask_shard(IR, VIS, out, dict(TINY_SAM, points_per_side=3), (0, 2), max_masks=3, progress=False)
+    assert not osp.exists(shard_path(out, 0, 2))
+    # the same settings: the pair already in the final cache is skipped, the others generated
+    summary = generate_mask_shard(IR, VIS, out, TINY_SAM, (0, 2), max_masks=3, progress=False)
+    assert (summary['already_in_cache'], summary['generated']) == (1, 1)
+
+
 def test_script_shard_and_merge_forms(tmp_path, single, monkeypatch, capsys):
     out = str(tmp_path / 'cli.lmdb')
     for i in (0, 1):

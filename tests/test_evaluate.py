@@ -81,7 +81,8 @@ def test_evaluate_tno_with_baselines_matches_reference(evaluate, tmp_path, capsy
 
     with open(out / 'metrics.csv') as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ['method'] + metrics and [r[0] for r in rows[1:]] == list(result)
+    assert rows[0] == ['method'] + metrics + ['convention'] and [r[0] for r in rows[1:]] == list(result)
+    assert {r[-1] for r in rows[1:]} == {'cddfuse'} and result['baseline-max']['convention'] == 'cddfuse'
     assert float(rows[3][1 + metrics.index('sd')]) == pytest.approx(result['baseline-max']['mean']['sd'])
     with open(out / 'metrics_per_image.csv') as f:
         assert len(list(csv.reader(f))) == 1 + 3 * 2
@@ -186,8 +187,14 @@ def test_benchmark_prints_json(capsys, monkeypatch):
     crop = osp.join(DATA, 'crops')
     assert bench.main(['--ir', f'{crop}/TNO_07_mean_c64_ir.png', '--vis', f'{crop}/TNO_07_mean_c64_vi.png',
                        '--fused', f'{crop}/TNO_07_mean_c64_fused.png', '--repeat', '1',
-                       '--metrics', 'en', 'mi', 'ssim']) == 0
+                       '--metrics', 'en', 'mi', 'ssim', '--conventions', 'tang', 'vifb', '--convention-size', '64x80',
+                       '--convention-repeat', '1']) == 0
     report = json.loads(capsys.readouterr().out)
+    # every metric of each convention timed, under the toolbox's names, on the requested size
+    assert list(report['conventions']) == ['tang', 'vifb'] and report['conventions_size'] == '64x80'
+    assert list(report['conventions']['tang']['metrics'])[:2] == ['EN', 'SD']
+    assert len(report['conventions']['vifb']['metrics']) == 13 and report['conventions']['vifb']['channels'] == 3
+    assert all(t['median_s'] > 0 for t in report['conventions']['vifb']['metrics'].values())
     assert report['image']['shape_hw'] == [64, 64]
     assert set(report['metrics']) == {'en', 'mi', 'ssim'}
     assert report['metrics']['mi']['value_rel_diff'] < 1e-12  # our MI == the contingency-table MI

@@ -2,6 +2,7 @@
 the teacher's validation in bf16, ``train.amp`` bf16 / fp16 (autocast on every network, losses in
 float32, the fp16 GradScaler saved and restored on resume) and ``train.channels_last``."""
 import copy
+import math
 import os
 import os.path as osp
 import shutil
@@ -257,3 +258,68 @@ def test_resume_into_fp16_without_saved_scalers_starts_fresh(tmp_path):
     resumed = build_model(make_opt(tmp_path, total_iter=4, pretrain=1, seg=False, amp='fp16'))
     resumed.resume_training(state)
     assert resumed.scalers['t'].get_scale() == 65536.0  # torch's initial scale
+
+
+def _student_weights(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.net_g.named_parameters()}
+
+
+def _ema_state(model) -> dict:
+    return params(model.net_g_ema)
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _set_scale(model, key: str, scale: float) -> None:
+    scaler = model.scalers[key]
+    scaler.load_state_dict({**scaler.state_dict(), 'scale': scale})
+
+
+def test_amp_fp16_skipped_steps_leave_the_ema_alone_and_overflows_back_off(tmp_path):
+    """fp16 on the CPU (autocast runs there), the model built directly (option validation may refuse
+    fp16 on a CPU): a step the GradScaler skips moves neither the student nor its EMA; a forward
+    that overflows fp16 (injected: the student's output x 1e6) lowers the scale instead of raising
+    under ``nonfinite_loss: raise``, until the scale would fall below ``train.fp16_min_scale``."""
+    model = build_model(make_opt(tmp_path, total_iter=8, pretrain=0, seg=False, amp='fp16', ema_decay=0.5,
+                                 distill_pattern=['student']))
+    assert model.nonfinite == 'raise'
+    data = batch()
+    model.feed_data(data)
+    _set_scale(model, 'g', 256.0)
+    before = _student_weights(model)
+    model.optimize_parameters(1)  # an ordinary step: student and EMA move
+    assert model.scalers['g'].get_scale() == 256.0 and not _same(before, _student_weights(model))
+    # gradients that overflow (finite loss, a scale far too large): the scaler skips the step
+    _set_scale(model, 'g', 2.0 ** 100)
+    student, ema = _student_weights(model), _ema_state(model)
+    model.feed_data(data)
+    model.optimize_parameters(2)
+    assert model.scalers['g'].get_scale() == 2.0 ** 99  # backed off
+    assert _same(student, _student_weights(model))
+    assert _same(ema, _ema_state(model)), 'the EMA moved although the scaler skipped the step'
+    # a forward that overflows fp16: no FloatingPointError, the scaler backs off, nothing moves
+    handle = model.net_g.register_forward_hook(lambda m, inp, out: (out[0] * 1e6, *out[1:]))
+    _set_scale(model, 'g', 256.0)
+    model.feed_data(data)
+    model.optimize_parameters(3)
+    assert not math.isfinite(model._last_log['l_g_total'])
+    assert model.scalers['g'].get_scale() == 128.0
+    assert _same(student, _student_weights(model)) and _same(ema, _ema_state(model))
+    # the overflow repeats with no range left (the scale would fall below fp16_min_scale 1): raise
+    _set_scale(model, 'g', 1.0)
+    model.feed_data(data)
+    with pytest.raises(FloatingPointError, match='loss scaling cannot fix'):
+        model.optimize_parameters(4)
+    handle.remove()
+    assert model.steps['g'] == 3
+
+
+def test_a_nonfinite_fp32_or_bf16_loss_still_raises(tmp_path):
+    for amp in ('none', 'bf16'):
+        model = build_model(make_opt(tmp_path / amp, total_iter=4, pretrain=0, seg=False, amp=amp))
+        model.net_g.register_forward_hook(lambda m, inp, out: (out[0] * float('inf'), *out[1:]))
+        model.feed_data(batch())
+        with pytest.raises(FloatingPointError, match='non-finite student loss'):
+            model.optimize_parameters(1)

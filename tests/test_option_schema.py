@@ -2,6 +2,7 @@
 registered signatures, numeric strings, YAML / --force_yml errors, output locations, stale
 temporary files, folders of failed runs, --auto_resume over corrupt states, explicit param keys."""
 import copy
+import json
 import os
 import os.path as osp
 
@@ -120,10 +121,10 @@ def test_numbers_written_as_strings_are_converted_and_words_are_errors(train_opt
     opt = copy.deepcopy(train_opt)
     opt['train']['optim_g']['lr'] = '2e-3'  # what PyYAML makes of `lr: 2e-3`
     opt['train']['scheduler']['eta_min'] = '1e-5'
-    opt['train']['total_iter'] = '100'
+    opt['train']['total_iter'] = '100000'
     validate_options(opt, True)
     assert opt['train']['optim_g']['lr'] == 0.002 and isinstance(opt['train']['optim_g']['lr'], float)
-    assert opt['train']['scheduler']['eta_min'] == 1e-5 and opt['train']['total_iter'] == 100
+    assert opt['train']['scheduler']['eta_min'] == 1e-5 and opt['train']['total_iter'] == 100000
     assert yaml.safe_load('lr: 2e-3')['lr'] == '2e-3'  # the reason for the conversion
     opt['train']['optim_g']['lr'] = 'abc'
     opt['train']['ema_decay'] = 'high'
@@ -293,3 +294,83 @@ def test_explicit_param_key_must_exist():
         extract_state_dict(plain, 'params_ema', 'x.pth', required=True)
     assert extract_state_dict(plain, 'params', 'x.pth', required=True) is plain  # released checkpoints
     assert extract_state_dict(ours, 'params_ema', 'x.pth') is ours['params']  # a default still falls back
+
+
+def test_an_int_option_refuses_a_fraction_and_a_bool_choice_refuses_numbers(train_opt):
+    opt = copy.deepcopy(train_opt)
+    opt['train']['total_iter'] = '0.5'  # once silently truncated to 0
+    opt['logger']['print_freq'] = 2.5
+    msg = _errors(opt)
+    assert "train.total_iter: expected an integer, got '0.5'" in msg and 'logger.print_freq: expected an integer' in msg
+    opt = copy.deepcopy(train_opt)
+    opt['train']['amp'] = 0  # 0 == False in Python: once passed, then failed in the model
+    assert "train.amp: must be one of 'none' | 'bf16' | 'fp16' | False, got 0" in _errors(opt)
+    for ok in (False, 'bf16'):
+        opt['train']['amp'] = ok
+        validate_options(copy.deepcopy(opt), True)
+
+
+def test_names_are_labels_a_number_is_read_as_its_text(train_opt):
+    opt = copy.deepcopy(train_opt)
+    opt['datasets']['train']['name'] = 2023
+    opt['name'] = 42
+    validate_options(opt, True)
+    assert opt['datasets']['train']['name'] == '2023' and opt['name'] == '42'
+    opt['datasets']['train']['name'] = ['a']
+    assert 'datasets.train.name: expected a name, got' in _errors(opt)
+
+
+def test_val_precision_is_checked_with_the_options_before_any_work(train_opt):
+    opt = copy.deepcopy(train_opt)
+    opt['num_gpu'] = 0
+    opt['val']['precision'] = 'fp16'  # once found at the first validation, hours in
+    assert 'val.precision: fp16 needs a CUDA device' in _errors(opt)
+    opt['val']['precision'] = 'bf16'
+    validate_options(opt, True)
+    test_opt = _load('test_sage.yml')
+    test_opt['num_gpu'] = 0
+    test_opt.setdefault('val', {})['precision'] = 'fp16'
+    assert 'val.precision: fp16 needs a CUDA device' in _errors(test_opt, is_train=False)
+
+
+def test_sage_schedule_lists_are_checked_by_the_validator(train_opt):
+    opt = copy.deepcopy(train_opt)
+    opt['train']['distill_pattern'] = ['student', 'techer']
+    assert 'train.distill_pattern: must be a non-empty list of "student"/"teacher"' in _errors(opt)
+    opt = copy.deepcopy(train_opt)
+    opt['train']['teacher_pretrain_iter'] = opt['train']['total_iter'] + 1
+    assert 'train.teacher_pretrain_iter: must be in [0, total_iter=' in _errors(opt)
+
+
+def test_dist_params_set_the_process_group_under_the_pytorch_launcher(tmp_path, train_opt, monkeypatch):
+    """``dist_params.backend`` and ``timeout`` reach ``init_process_group`` (torchrun sets address
+    and port, so ``port`` is no option any more)."""
+    import datetime
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    from fusion.utils.option_parser import parse_options
+    opt = copy.deepcopy(train_opt)
+    opt['dist_params'] = {'port': 29500}
+    assert 'dist_params.port: unknown option' in _errors(opt)
+    opt['dist_params'] = {'backend': 'gloo', 'timeout': 123, 'validation_timeout': 4567}
+    path = tmp_path / 'dist.yml'
+    yaml.safe_dump(json.loads(json.dumps(opt)), open(path, 'w'), sort_keys=False)  # plain dicts for safe_dump
+    calls = []
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('WORLD_SIZE', '1')
+    monkeypatch.setattr(mp, 'get_start_method', lambda allow_none=False: 'fork')
+    monkeypatch.setattr(dist, 'init_process_group', lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(dist, 'get_rank', lambda group=None: 0)
+    monkeypatch.setattr(dist, 'get_world_size', lambda group=None: 1)
+    parsed, _ = parse_options(str(tmp_path), True, ['-opt', str(path), '--launcher', 'pytorch'])
+    assert calls == [{'backend': 'gloo', 'timeout': datetime.timedelta(seconds=123)}]
+    assert parsed['dist'] is True and parsed['dist_params']['validation_timeout'] == 4567
+
+
+def test_sage_required_losses_and_optimizers_are_declared(train_opt):
+    opt = copy.deepcopy(train_opt)
+    del opt['train']['context_opt'], opt['train']['optim_g']
+    msg = _errors(opt)
+    assert 'train.context_opt: required option is missing' in msg and 'train.optim_g: required option is missing' in msg

@@ -16,7 +16,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from tqdm import tqdm
 
-from fusion.data.mask_cache import MaskCacheError, MaskCacheWriter, encode_entry, entry_summary, make_meta
+from fusion.data.mask_cache import (MaskCache, MaskCacheError, MaskCacheWriter, encode_entry, entry_summary, make_meta,
+                                    meta_differences)
 from fusion.data.patch_sources import MaskInput, PatchSource, build_patch_source, select_largest
 from fusion.data.sample_io import check_label, gray_to_rgb_uint8, image_fingerprint, raw_to_rgb_uint8, read_label
 from fusion.utils.file_util import check_output_location
@@ -68,12 +69,15 @@ def generate_mask_cache(ir_dir: str, vis_dir: str, out: str, source_opt: Dict[st
                         fallback_opt: Optional[Dict[str, Any]] = None, overwrite: bool = False,
                         verify_existing: bool = True, names: Optional[Iterable[str]] = None,
                         workers: int = 0, progress: bool = True,
-                        extra_info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                        extra_info: Optional[Dict[str, Any]] = None,
+                        compatible_with: Optional[str] = None) -> Dict[str, Any]:
     """Generates masks for every pair (or the pairs in ``names``) into the cache at ``out``.
 
     ``workers`` > 0 runs the source in that many processes (useful for the CPU sources; SAM on a
     GPU should stay at 0; for several GPUs or nodes see ``fusion/data/mask_shards.py``).
     ``extra_info`` is added to the metadata's ``info`` (not part of the cache's identity).
+    ``compatible_with``: an existing cache (e.g. the final cache of a shard) whose settings must be
+    these, checked before any pair is generated.
     Returns a summary dict (source used, counts).
     """
     if max_masks < 1:
@@ -90,6 +94,8 @@ def generate_mask_cache(ir_dir: str, vis_dir: str, out: str, source_opt: Dict[st
     meta = make_meta(source.describe(), max_masks, fallback=source.fallback,
                      info={**source.info(), 'ir_dir': ir_dir, 'vis_dir': vis_dir, 'label_dir': label_dir,
                            **(extra_info or {})})
+    if compatible_with is not None:
+        _check_compatible(compatible_with, meta)
     used = source.describe()['type']
     if source.fallback:
         used += f' (FALLBACK for {source.fallback["requested"]}: {source.fallback["reason"]})'
@@ -107,6 +113,17 @@ def generate_mask_cache(ir_dir: str, vis_dir: str, out: str, source_opt: Dict[st
         logger.warning(f'{summary["without_masks"]} image(s) got no mask in at least one modality; '
                        'the dataset pads them as its `missing_masks` option says')
     return summary
+
+
+def _check_compatible(path: str, meta: Dict[str, Any]) -> None:
+    cache = MaskCache(path)
+    try:
+        diff = meta_differences(cache.meta, meta)
+    finally:
+        cache.close()
+    if diff:
+        raise MaskCacheError(f'{path}: the existing mask cache was made with other settings:\n  ' + '\n  '.join(diff)
+                             + '\nUse another output path, or the same settings.')
 
 
 def _fill_cache(out: str, meta: Dict[str, Any], overwrite: bool, pairs: List[Dict[str, str]], source,

@@ -66,7 +66,8 @@ def generate_mask_shard(ir_dir: str, vis_dir: str, out: str, source_opt: Dict[st
                         **kwargs: Any) -> Dict[str, Any]:
     """Generates shard ``shard = (I, N)`` of the final cache ``out`` into :func:`shard_path`.
 
-    Pairs already in ``out`` are skipped. ``names`` restricts the pairs (before sharding);
+    Pairs already in ``out`` are skipped; an existing ``out`` must have been made with the same
+    settings (checked before any pair is generated, not at the merge). ``names`` restricts the pairs (before sharding);
     ``kwargs`` are those of :func:`generate_mask_cache`. Returns its summary plus ``shard``,
     ``shard_cache`` and ``already_in_cache``.
     """
@@ -83,7 +84,8 @@ def generate_mask_shard(ir_dir: str, vis_dir: str, out: str, source_opt: Dict[st
     todo = [n for n in mine if n not in done]
     path = shard_path(out, index, count)
     summary = generate_mask_cache(ir_dir, vis_dir, path, source_opt, label_dir=label_dir, names=todo,
-                                  extra_info={'shard': {'index': index, 'count': count, 'names': mine}}, **kwargs)
+                                  extra_info={'shard': {'index': index, 'count': count, 'names': mine}},
+                                  compatible_with=out if is_lmdb_dir(out) else None, **kwargs)
     summary.update(shard=f'{index}/{count}', shard_cache=path, already_in_cache=len(mine) - len(todo))
     return summary
 

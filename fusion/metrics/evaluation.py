@@ -2,8 +2,11 @@
 (console, CSV, JSON, Markdown) and a comparison picture. ``scripts/evaluate.py`` is a thin command
 line over these functions.
 
-Images are paired by base name with ``fusion.utils.img_util.list_pairs`` and read as the metrics
-expect with ``read_gray`` (0-255 grey; colour converted with OpenCV's weights and rounded).
+Images are paired by base name with ``fusion.utils.img_util.list_pairs`` and read the way the chosen
+metric convention (``fusion.metrics.conventions``) reads them: ``cddfuse`` (the default) with
+``read_gray`` (0-255 grey; colour converted with OpenCV's weights and rounded), the MATLAB toolbox
+conventions (``tang``, ``vifb``) as MATLAB's ``imread`` gives them. One code path for every convention:
+the convention supplies the reader, the metric names and the metric functions.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fusion.metrics.baselines import BASELINES
-from fusion.metrics.fusion_metrics import ALL_METRICS, compute_all_metrics, resolve_metric_names
+from fusion.metrics.conventions import DEFAULT_CONVENTION, Convention, get_convention
 from fusion.utils.file_util import atomic_write_bytes
 from fusion.utils.img_util import ImageReadError, check_same_size, list_pairs, read_gray, read_image
 
@@ -41,10 +44,12 @@ class EvaluationResult:
     """Per-image metric values of every method, in evaluation order.
 
     ``per_image[method][image][metric]`` holds floats (NaN where a metric is undefined);
-    ``problems`` names every image left out and why (unreadable, size mismatch).
+    ``problems`` names every image left out and why (unreadable, size mismatch); ``convention`` is
+    the metric convention (toolbox) that produced the values.
     """
     metrics: List[str]
     methods: List[str]
+    convention: str = DEFAULT_CONVENTION
     images: List[str] = field(default_factory=list)
     per_image: Dict[str, Dict[str, Dict[str, float]]] = field(default_factory=dict)
     problems: List[str] = field(default_factory=list)
@@ -78,16 +83,28 @@ def _check_size(ref: np.ndarray, img: np.ndarray, ref_path: str, path: str) -> O
     return None
 
 
-def _evaluate_pair(task: Tuple[dict, Sequence[str], Sequence[str], Sequence[str], Mapping[str, Mapping[str, Any]]]
-                   ) -> Tuple[str, Dict[str, Dict[str, float]], List[str]]:
-    """Reads one pair and its fused images and computes the metrics; returns (name, values, problems).
-    Module-level so that worker processes can run it."""
-    pair, methods, baselines, metrics, options = task
+def _baseline(kind: str, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
+    """A pixel baseline of the sources as the convention read them (colour arrays: per channel)."""
+    if ir.ndim == vis.ndim == 3:
+        return np.stack([BASELINES[kind](ir[..., k], vis[..., k]) for k in range(ir.shape[2])], axis=2)
+    if ir.ndim == 3 or vis.ndim == 3:  # one colour source: fuse the grey forms (MATLAB rgb2gray weights)
+        from fusion.metrics.matlab_util import rgb2gray
+        ir, vis = (rgb2gray(x) if x.ndim == 3 else x for x in (ir, vis))
+    return BASELINES[kind](ir, vis)
+
+
+def _evaluate_pair(task: Tuple[dict, Sequence[str], Sequence[str], Sequence[str], Mapping[str, Mapping[str, Any]],
+                               str]) -> Tuple[str, Dict[str, Dict[str, float]], List[str]]:
+    """Reads one pair and its fused images and computes the metrics of the convention; returns (name,
+    values, problems). Module-level so that worker processes can run it."""
+    pair, methods, baselines, metrics, options, convention_name = task
+    convention = get_convention(convention_name)
+    read = convention.reader
     name = pair['name']
     problems: List[str] = []
     try:
-        ir = read_gray(pair['ir_path'])
-        vis = read_gray(pair['vis_path'])
+        ir = read(pair['ir_path'])
+        vis = read(pair['vis_path'])
         check_same_size(ir, vis, pair['ir_path'], pair['vis_path'])
     except ImageReadError as err:
         return name, {}, [str(err)]
@@ -95,7 +112,7 @@ def _evaluate_pair(task: Tuple[dict, Sequence[str], Sequence[str], Sequence[str]
     for method in methods:
         path = pair[f'{method}_path']
         try:
-            img = read_gray(path)
+            img = read(path)
         except ImageReadError as err:
             problems.append(str(err))
             continue
@@ -107,11 +124,12 @@ def _evaluate_pair(task: Tuple[dict, Sequence[str], Sequence[str], Sequence[str]
     if problems:
         return name, {}, problems
     for kind in baselines:
-        fused[baseline_method_name(kind)] = BASELINES[kind](ir, vis)
+        fused[baseline_method_name(kind)] = (BASELINES[kind](ir, vis) if convention.name == DEFAULT_CONVENTION
+                                             else _baseline(kind, ir, vis))
     values = {}
     for method, img in fused.items():
         try:
-            values[method] = compute_all_metrics(img, ir, vis, metrics, options)
+            values[method] = convention.compute(img, ir, vis, metrics, options)
         except ValueError as err:  # e.g. an image too small for VIF / MS-SSIM
             return name, {}, [f'{method}: {err}']
     return name, values, []
@@ -119,8 +137,14 @@ def _evaluate_pair(task: Tuple[dict, Sequence[str], Sequence[str], Sequence[str]
 
 def evaluate_folders(ir_dir: str, vis_dir: str, fused_dirs: Mapping[str, str], baselines: Iterable[str] = (),
                      metrics: Optional[Iterable[str]] = None, options: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                     workers: int = 1, progress: bool = True) -> EvaluationResult:
-    """Computes ``metrics`` (default: the 14 standard ones) for every method on every image pair.
+                     workers: int = 1, progress: bool = True, convention: str = DEFAULT_CONVENTION
+                     ) -> EvaluationResult:
+    """Computes ``metrics`` (default: every metric of the convention; for ``cddfuse`` the 14 standard
+    ones) for every method on every image pair.
+
+    ``convention`` names the metric toolbox reproduced (``cddfuse``, ``tang``, ``vifb``; see
+    docs/metrics.md): it decides how files are read, the metric names and their definitions.
+    ``options`` (per-metric keyword options) apply to ``cddfuse`` only.
 
     ``fused_dirs`` maps a method name to its folder of fused images (same base names as the IR and
     visible files); ``baselines`` adds pixel 'mean' / 'max' fusions computed on the fly. Raises
@@ -128,7 +152,8 @@ def evaluate_folders(ir_dir: str, vis_dir: str, fused_dirs: Mapping[str, str], b
     Images whose files are unreadable or of another size are left out of every method (so all means
     cover the same images) and listed in ``result.problems``.
     """
-    metric_names = resolve_metric_names(metrics)
+    conv = get_convention(convention)
+    metric_names = conv.resolve(metrics)
     for method in fused_dirs:
         if not method or method in RESERVED_METHOD_NAMES or method.startswith('baseline-'):
             raise ValueError(f'invalid method name {method!r} (reserved: {", ".join(RESERVED_METHOD_NAMES)}, '
@@ -141,8 +166,8 @@ def evaluate_folders(ir_dir: str, vis_dir: str, fused_dirs: Mapping[str, str], b
     if not methods:
         raise ValueError('nothing to evaluate: give at least one fused folder or a baseline')
     pairs = list_pairs(ir_dir, vis_dir, list(fused_dirs.items()))
-    tasks = [(pair, list(fused_dirs), baselines, metric_names, dict(options or {})) for pair in pairs]
-    result = EvaluationResult(metrics=metric_names, methods=methods)
+    tasks = [(pair, list(fused_dirs), baselines, metric_names, dict(options or {}), conv.name) for pair in pairs]
+    result = EvaluationResult(metrics=metric_names, methods=methods, convention=conv.name)
     result.per_image = {m: {} for m in methods}
     bar = tqdm(total=len(tasks), desc='evaluating', unit='img', disable=not progress)
     outcomes: Dict[str, Tuple[Dict[str, Dict[str, float]], List[str]]] = {}
@@ -175,8 +200,13 @@ def evaluate_folders(ir_dir: str, vis_dir: str, fused_dirs: Mapping[str, str], b
 # Tables
 # ----------------------------------------------------------------------------------------------
 
-def _arrow(metric: str) -> str:
-    return '↑' if ALL_METRICS[metric].better == 'higher' else '↓'
+def _arrow(metric: str, convention: Convention) -> str:
+    return '↑' if convention.better(metric) == 'higher' else '↓'
+
+
+def _header(metric: str, convention: Convention) -> str:
+    # cddfuse's names are lower-case keys printed in capitals; the toolboxes' are printed as spelt
+    return metric.upper() if convention.name == DEFAULT_CONVENTION else metric
 
 
 def _fmt(value: float) -> str:
@@ -186,36 +216,40 @@ def _fmt(value: float) -> str:
     return f'{value:.2e}' if 0 < abs(value) < 1e-3 else f'{value:.4f}'
 
 
-def _best(means: Mapping[str, Mapping[str, float]], metric: str) -> Optional[float]:
+def _best(means: Mapping[str, Mapping[str, float]], metric: str, convention: Convention) -> Optional[float]:
     values = [row[metric] for row in means.values() if math.isfinite(row[metric])]
     if not values:
         return None
-    return max(values) if ALL_METRICS[metric].better == 'higher' else min(values)
+    return max(values) if convention.better(metric) == 'higher' else min(values)
 
 
 def format_table(result: EvaluationResult) -> str:
-    """Plain-text table of the means (methods as rows), best value per column marked with '*'."""
+    """Plain-text table of the means (methods as rows), best value per column marked with '*', under
+    a line naming the metric convention."""
     means = result.means()
-    header = ['method'] + [f'{m.upper()}{_arrow(m)}' for m in result.metrics]
+    conv = get_convention(result.convention)
+    header = ['method'] + [f'{_header(m, conv)}{_arrow(m, conv)}' for m in result.metrics]
     rows = []
     for method in result.methods:
         row = [method]
         for metric in result.metrics:
             value = means[method][metric]
-            mark = '*' if value == _best(means, metric) and len(result.methods) > 1 else ''
+            mark = '*' if value == _best(means, metric, conv) and len(result.methods) > 1 else ''
             row.append(_fmt(value) + mark)
         rows.append(row)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = ['  '.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in [header] + rows]
     lines.insert(1, '-' * len(lines[0]))
-    return '\n'.join(lines)
+    return f'metric convention: {conv.name} ({conv.title})\n' + '\n'.join(lines)
 
 
 def to_json_dict(result: EvaluationResult) -> Dict[str, Any]:
-    """``{method: {"mean": {metric: v}, "per_image": {image: {metric: v}}}}``; NaN/inf -> null."""
+    """``{method: {"convention": name, "mean": {metric: v}, "per_image": {image: {metric: v}}}}``, metric
+    keys as the convention names them; NaN/inf -> null."""
     means = result.means()
-    return {method: {'mean': {k: _finite_or_none(v) for k, v in means[method].items()},
+    return {method: {'convention': result.convention,
+                     'mean': {k: _finite_or_none(v) for k, v in means[method].items()},
                      'per_image': {img: {k: _finite_or_none(v) for k, v in vals.items()}
                                    for img, vals in result.per_image[method].items()}}
             for method in result.methods}
@@ -235,14 +269,15 @@ def _csv_value(value: float) -> str:
 def markdown_table(result: EvaluationResult) -> str:
     """Markdown table of the means, best value per metric in bold, arrows for the better direction."""
     means = result.means()
-    lines = ['| method | ' + ' | '.join(f'{m.upper()} {_arrow(m)}' for m in result.metrics) + ' |',
+    conv = get_convention(result.convention)
+    lines = ['| method | ' + ' | '.join(f'{_header(m, conv)} {_arrow(m, conv)}' for m in result.metrics) + ' |',
              '|---|' + '---:|' * len(result.metrics)]
     for method in result.methods:
         cells = []
         for metric in result.metrics:
             value = means[method][metric]
             text = _fmt(value)
-            if len(result.methods) > 1 and value == _best(means, metric):
+            if len(result.methods) > 1 and value == _best(means, metric, conv):
                 text = f'**{text}**'
             cells.append(text)
         lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
@@ -250,10 +285,17 @@ def markdown_table(result: EvaluationResult) -> str:
 
 
 def _markdown_document(result: EvaluationResult, picture: Optional[str]) -> str:
-    parts = [f'# Fusion metrics ({len(result.images)} images)', '', markdown_table(result), '',
+    conv = get_convention(result.convention)
+    notes = {'cddfuse': 'MI in nats, SSIM = SSIM(F,A) + SSIM(F,B), VIF = VIF(A,F) + VIF(B,F), PSNR with peak max(F)',
+             'tang': 'MATLAB toolbox values: SD on uint8 arithmetic, SF and MSE on [0,1], PSNR = 20 log10(255 / '
+                     'sqrt(MSE on [0,1])), MI in bits',
+             'vifb': 'VIFB values: colour fused images per channel then averaged, Variance is a standard '
+                     'deviation, Psnr/Rmse from sqrt(sum of squared errors) / pixels, Mutinf in nats'}
+    parts = [f'# Fusion metrics ({len(result.images)} images, convention {conv.name})', '',
+             f'Metric convention: **{conv.name}**, {conv.title}. Images read: {conv.reading}.', '',
+             markdown_table(result), '',
              '↑ higher is better, ↓ lower is better; best value per metric in bold. Means over the images '
-             '(undefined values left out). MI in nats, SSIM = SSIM(F,A) + SSIM(F,B), VIF = VIF(A,F) + VIF(B,F), '
-             'PSNR with peak max(F); definitions in docs/metrics.md.']
+             f'(undefined values left out). {notes.get(conv.name, "")}; definitions in docs/metrics.md.']
     undefined = {m: {k: n for k, n in c.items() if n} for m, c in result.undefined_counts().items()}
     undefined = {m: c for m, c in undefined.items() if c}
     if undefined:
@@ -276,13 +318,15 @@ def write_outputs(result: EvaluationResult, out_dir: str, json_path: Optional[st
              'markdown': osp.join(out_dir, 'metrics.md')}
     atomic_write_bytes((json.dumps(to_json_dict(result), indent=2) + '\n').encode(), paths['json'])
     means = result.means()
-    rows = [['method'] + result.metrics] + [[m] + [_csv_value(means[m][k]) for k in result.metrics]
-                                            for m in result.methods]
+    # the last column names the convention, so a CSV read on its own still says which toolbox it follows
+    rows = [['method'] + result.metrics + ['convention']] + [
+        [m] + [_csv_value(means[m][k]) for k in result.metrics] + [result.convention] for m in result.methods]
     atomic_write_bytes(_csv_text(rows).encode(), paths['csv'])
-    rows = [['method', 'image'] + result.metrics]
+    rows = [['method', 'image'] + result.metrics + ['convention']]
     for method in result.methods:
         for img in result.images:
-            rows.append([method, img] + [_csv_value(result.per_image[method][img][k]) for k in result.metrics])
+            rows.append([method, img] + [_csv_value(result.per_image[method][img][k]) for k in result.metrics]
+                        + [result.convention])
     atomic_write_bytes(_csv_text(rows).encode(), paths['per_image_csv'])
     atomic_write_bytes(_markdown_document(result, picture_name).encode(), paths['markdown'])
     return paths

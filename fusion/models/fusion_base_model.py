@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os.path as osp
 from collections import OrderedDict
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import cv2
 import numpy as np
@@ -27,8 +27,8 @@ from fusion.utils.checkpoint_util import extract_state_dict, load_checkpoint_fil
 from fusion.utils.dist_util import all_gather_objects
 from fusion.utils.file_util import atomic_torch_save
 from fusion.utils.img_util import fused_to_image, imwrite_atomic
-from fusion.utils.option_schema import Choice
-from fusion.utils.precision_util import parse_precision
+from fusion.utils.option_schema import Choice, declare_check
+from fusion.utils.precision_util import check_precision_supported, parse_precision
 from fusion.utils.rng_util import capture_rng_state
 from fusion.utils.sync_batchnorm import convert_sync_batchnorm
 
@@ -67,6 +67,25 @@ def group_equal_sizes(dataloader, max_batch: int) -> Iterator[dict]:
         yield _concat_batches(pending)
 
 
+def _check_val_precision(opt: dict) -> Optional[str]:
+    """``val.precision`` on the device the run will use (basicsr: CUDA unless ``num_gpu: 0``), with
+    the other options, before any work: not at the first validation, hours in."""
+    precision = (opt.get('val') or {}).get('precision')
+    if precision in (None, 'fp32'):
+        return None
+    num_gpu = opt.get('num_gpu', 'auto')
+    gpus = torch.cuda.device_count() if num_gpu in (None, 'auto') else num_gpu
+    device = 'cuda' if gpus and torch.cuda.is_available() else 'cpu'
+    try:
+        check_precision_supported(precision, device, 'val.precision')
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+declare_check(_check_val_precision)
+
+
 class FusionBaseModel(BaseModel):
     """Base for fusion models. Networks are named by suffix: ``net_g`` (the deployed network,
     so basicsr's EMA works), ``net_t`` (teacher), ``net_seg`` ... each built from
@@ -80,6 +99,29 @@ class FusionBaseModel(BaseModel):
                 'fast_inference': 'bool', 'batch_size': 'int', 'tile_size': 'int', 'tile_overlap': 'int',
                 'pbar': 'bool', 'precision': Choice('fp32', 'bf16', 'fp16')},
     }
+
+    def __init__(self, opt: dict) -> None:
+        super().__init__(opt)
+        # the training loop's hand-off (fusion/training.py reads and writes only what is documented
+        # here, in ``learning_rates`` and in ``get_current_visuals``):
+        #: set by the loop before the first iteration (``iters_per_epoch``, ``batch_size``,
+        #: ``world_size``); a model saves it in its training state (``extra_training_state``, key
+        #: ``loop``) and restores it in ``resume_training``, so the loop can warn when they changed
+        self.loop_state: dict = {}
+        #: the RNG states of the training state being resumed (``capture_rng_state``; None for a
+        #: fresh run), set by ``resume_training``; the loop restores them once everything is built
+        self.resumed_rng: Optional[dict] = None
+
+    # ----------------------------------------------------------------------------- training-loop hand-off
+    def learning_rates(self) -> Dict[str, float]:
+        """The current learning rate of each trained network by name (tensorboard ``lr/<name>``);
+        none by default."""
+        return {}
+
+    def get_current_visuals(self) -> Dict[str, torch.Tensor]:
+        """Images of the last training batch for tensorboard's grid: name -> N x 1 x H x W CPU
+        tensor in [0, 1], every entry the same size (one row per sample); none by default."""
+        return {}
 
     # ----------------------------------------------------------------------------- networks
     def build_net(self, suffix: str, wrap: bool = True) -> nn.Module:

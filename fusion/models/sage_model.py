@@ -96,9 +96,12 @@ class SAGEModel(FusionBaseModel):
             'offline_distillation': 'bool', 'distill_ablations': 'list',
             'feedback_student_mode': Choice(*FEEDBACK_MODES), 'feedback_weight': 'number', 'seg_start_iter': 'int',
             'seg_input': Choice('rgb', 'y'), 'seg_trainable': Choice('auto', True, False), 'ema_decay': 'number',
-            'nonfinite_loss': Choice('raise', 'skip'), 'amp': Choice('none', 'bf16', 'fp16', False),
+            'nonfinite_loss': Choice('raise', 'skip'), 'fp16_min_scale': 'number',
+            'amp': Choice('none', 'bf16', 'fp16', False),
             'channels_last': 'bool',
-            'optim_*': Required(Component('optimizer')),
+            'optim_t': Required(Component('optimizer')), 'optim_g': Required(Component('optimizer')),
+            'optim_*': Component('optimizer'),  # optim_seg, with network_seg
+            'teacher_fusion_opt': Required(Component('loss')), 'context_opt': Required(Component('loss')),
             'scheduler': Component('scheduler'),
             'scheduler_*': Component('scheduler', default_type='CosineAnnealingLR'),
             '*_opt': Component('loss'),
@@ -108,7 +111,30 @@ class SAGEModel(FusionBaseModel):
 
     @staticmethod
     def check_options(opt: dict) -> Optional[str]:
-        """Options that must agree (run by the option validator and at construction)."""
+        """What the keys' types cannot say: the list entries of ``distill_pattern`` /
+        ``distill_ablations``, ``teacher_pretrain_iter`` within ``total_iter``, and the patch modes
+        of the datasets and the teacher agreeing (run by the option validator and at construction)."""
+        train_opt = opt.get('train') or {}
+        message = SAGEModel._check_schedule(train_opt)
+        return message if message else SAGEModel._check_patch_modes(opt)
+
+    @staticmethod
+    def _check_schedule(train_opt: dict) -> Optional[str]:
+        pattern = train_opt.get('distill_pattern')
+        if pattern is not None and (not isinstance(pattern, (list, tuple)) or not pattern
+                                    or any(p not in ('student', 'teacher') for p in pattern)):
+            return f'train.distill_pattern: must be a non-empty list of "student"/"teacher", got {pattern!r}'
+        ablations = train_opt.get('distill_ablations') or []
+        bad = [a for a in ablations if a not in DISTILL_ABLATIONS]
+        if bad:
+            return f'train.distill_ablations: unknown {bad}; choose from {DISTILL_ABLATIONS}'
+        total, pretrain = train_opt.get('total_iter'), train_opt.get('teacher_pretrain_iter') or 0
+        if isinstance(total, int) and isinstance(pretrain, int) and not 0 <= pretrain <= total:
+            return f'train.teacher_pretrain_iter: must be in [0, total_iter={total}], got {pretrain}'
+        return None
+
+    @staticmethod
+    def _check_patch_modes(opt: dict) -> Optional[str]:
         from basicsr.utils.registry import ARCH_REGISTRY
         net_t = opt.get('network_t') or {}
         teacher_cls = ARCH_REGISTRY.get(net_t['type']) if net_t.get('type') in ARCH_REGISTRY else None
@@ -157,33 +183,19 @@ class SAGEModel(FusionBaseModel):
 
     # ------------------------------------------------------------------------------------------ setup
     def init_training_settings(self) -> None:
+        # the values are checked by the option validator (OPTIONS, check_options; docs/options.md)
         train_opt = self.opt['train']
         self.total_iter = int(train_opt['total_iter'])
         self.pretrain_iters = int(train_opt.get('teacher_pretrain_iter', 0))
-        if not 0 <= self.pretrain_iters <= self.total_iter:
-            raise ValueError(f'train.teacher_pretrain_iter must be in [0, total_iter={self.total_iter}], '
-                             f'got {self.pretrain_iters}')
         self.offline = bool(train_opt.get('offline_distillation', False))
-        pattern = list(train_opt.get('distill_pattern') or ['student', 'teacher'])
-        if not pattern or any(p not in ('student', 'teacher') for p in pattern):
-            raise ValueError(f'train.distill_pattern must be a non-empty list of "student"/"teacher", got {pattern}')
-        self.pattern = ['student'] if self.offline else pattern
-        ablations = list(train_opt.get('distill_ablations') or [])
-        bad = [a for a in ablations if a not in DISTILL_ABLATIONS]
-        if bad:
-            raise ValueError(f'train.distill_ablations: unknown {bad}; choose from {DISTILL_ABLATIONS}')
-        self.ablations = set(ablations)
+        self.pattern = ['student'] if self.offline else list(train_opt.get('distill_pattern') or ['student', 'teacher'])
+        self.ablations = set(train_opt.get('distill_ablations') or [])
         self.feedback_mode = train_opt.get('feedback_student_mode', 'eval')
-        if self.feedback_mode not in FEEDBACK_MODES:
-            raise ValueError(f'train.feedback_student_mode must be one of {FEEDBACK_MODES}, got {self.feedback_mode!r}')
         self.feedback_weight = float(train_opt.get('feedback_weight', 0.1))
         self.seg_start_iter = int(train_opt.get('seg_start_iter', 0))
         self.seg_input = train_opt.get('seg_input', 'rgb')
-        if self.seg_input not in ('rgb', 'y'):
-            raise ValueError(f'train.seg_input must be "rgb" or "y", got {self.seg_input!r}')
         self.nonfinite = train_opt.get('nonfinite_loss', 'raise')
-        if self.nonfinite not in ('raise', 'skip'):
-            raise ValueError(f'train.nonfinite_loss must be "raise" or "skip", got {self.nonfinite!r}')
+        self.fp16_min_scale = float(train_opt.get('fp16_min_scale', 1.0))
 
         self._build_losses(train_opt)
         self._setup_seg_trainability(train_opt)
@@ -232,21 +244,25 @@ class SAGEModel(FusionBaseModel):
             out = net(*inputs)
         return to_float(out)
 
-    def _backward_and_step(self, total: torch.Tensor, scaler_key: str, names: List[str]) -> None:
+    def _backward_and_step(self, total: torch.Tensor, scaler_key: str, names: List[str]) -> bool:
         """Backward of ``total`` and a step of the optimizers ``names``; with fp16 through the
-        GradScaler ``scaler_key`` (a step whose gradients overflowed is skipped by it; the LR
-        schedules still advance, so they end where the options say)."""
+        GradScaler ``scaler_key``, which skips a step whose gradients overflowed and lowers its
+        scale (the LR schedules still advance, so they end where the options say). Returns whether
+        the optimizers stepped (False: the scaler skipped the step; then the EMA must not move)."""
         scaler = self.scalers.get(scaler_key)
         optimizers = [getattr(self, f'optimizer_{n}') for n in names]
         if scaler is None:
             total.backward()
             for optimizer in optimizers:
                 optimizer.step()
-            return
+            return True
+        scale = scaler.get_scale()
         scaler.scale(total).backward()
         for optimizer in optimizers:
             scaler.step(optimizer)
         scaler.update()
+        # update() lowers the scale exactly when it found inf/NaN gradients, i.e. skipped the step
+        return scaler.get_scale() >= scale
 
     def _build_losses(self, train_opt: dict) -> None:
         def build(key: str, required: bool = False) -> Optional[nn.Module]:
@@ -292,8 +308,6 @@ class SAGEModel(FusionBaseModel):
         if self.net_seg is None:
             return
         mode = train_opt.get('seg_trainable', 'auto')
-        if mode not in ('auto', True, False):
-            raise ValueError(f'train.seg_trainable must be auto, true or false, got {mode!r}')
         if mode == 'auto':
             resume_path = self.opt['path'].get('resume_state')
             if resume_path:  # check_resume replaced the pretrain path: ask the saved state
@@ -486,11 +500,26 @@ class SAGEModel(FusionBaseModel):
         self._last_log.update(log)
         self.log_dict = self.reduce_loss_dict(OrderedDict(self._last_log))
 
-    def _check_finite(self, total: torch.Tensor, log: dict, which: str) -> bool:
+    def _check_finite(self, total: torch.Tensor, log: dict, which: str, scaler_key: str) -> bool:
+        """Whether to run the backward and step for the loss ``total``. The rule
+        (``train.nonfinite_loss``; docs/mixed_precision.md): a finite loss steps. With fp16 a
+        non-finite loss is an overflow: its scaled gradients are non-finite too, so the GradScaler
+        skips the step and lowers its scale (True: go through it), until the scale would fall
+        below ``train.fp16_min_scale`` (the overflow is beyond what scaling can fix). A non-finite
+        fp32 / bf16 loss, or an fp16 overflow beyond that range, raises ``FloatingPointError``
+        (``raise``, the default) or skips the step without touching the networks (``skip``)."""
         if torch.isfinite(total).all():
             return True
         terms = {k: float(v) for k, v in log.items() if float(v) != 0 or not math.isfinite(float(v))}
         msg = f'SAGEModel: non-finite {which} loss ({float(total.detach())}); terms: {terms}'
+        scaler = self.scalers.get(scaler_key)
+        if scaler is not None:
+            scale, lowered = scaler.get_scale(), scaler.get_scale() * scaler.get_backoff_factor()
+            if lowered >= self.fp16_min_scale:
+                self.logger.warning(f'{msg} - fp16 overflow: step skipped, loss scale {scale:g} -> {lowered:g}')
+                return True
+            msg += (f' with the fp16 loss scale at {scale:g} (train.fp16_min_scale {self.fp16_min_scale:g}): '
+                    'an overflow that loss scaling cannot fix')
         if self.nonfinite == 'raise':
             raise FloatingPointError(msg + ' (set train.nonfinite_loss: skip to skip such steps)')
         self.logger.warning(msg + ' - step skipped')
@@ -523,7 +552,7 @@ class SAGEModel(FusionBaseModel):
         log['l_t_total'] = total.detach()
         self._visuals['teacher'] = fused_t.detach()
         seg_steps = seg_on and self.seg_trainable
-        if self._check_finite(total, log, 'teacher'):
+        if self._check_finite(total, log, 'teacher', 't'):
             self._backward_and_step(total, 't', ['t', 'seg'] if seg_steps else ['t'])
         # a skipped step still counts in the schedule (count_steps): the LR ends at eta_min
         self.scheduler_step('t')
@@ -567,10 +596,10 @@ class SAGEModel(FusionBaseModel):
         total = self._distillation_terms(0, log, 'l_g_', fused_s, feats_s, fused_t, feats_t, 1.0, self.cri_feature)
         log['l_g_total'] = total.detach()
         self._visuals['student'] = fused_s.detach()
-        if self._check_finite(total, log, 'student'):
-            self._backward_and_step(total, 'g', ['g'])
-            if self.ema_decay > 0:
-                self.model_ema(decay=self.ema_decay)
+        # the EMA follows the student's steps only: none when the fp16 scaler skipped the step
+        if self._check_finite(total, log, 'student', 'g') and self._backward_and_step(total, 'g', ['g']) \
+                and self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
         self.scheduler_step('g')  # a skipped step still counts in the schedule (count_steps)
 
     def scheduler_step(self, name: str) -> None:

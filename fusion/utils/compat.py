@@ -7,6 +7,7 @@ Each fix has a test in ``tests/test_compat.py`` that fails without it.
 """
 from __future__ import annotations
 
+import datetime
 import functools
 import importlib
 import os.path as osp
@@ -102,10 +103,11 @@ def load_resume_state(opt: dict) -> Optional[dict]:
     return resume_state
 
 
-def init_dist(launcher: str, backend: Optional[str] = None, **kwargs: Any) -> None:
+def init_dist(launcher: str, backend: Optional[str] = None, timeout: Optional[float] = None, **kwargs: Any) -> None:
     """Replacement of ``basicsr.utils.dist_util.init_dist`` (``--launcher pytorch``, i.e. torchrun):
     the original forces NCCL and divides by the GPU count (CPU DDP crashes). Delegates to
-    :func:`fusion.utils.dist_util.init_dist`: gloo without CUDA, ``set_device`` only with CUDA."""
+    :func:`fusion.utils.dist_util.init_dist`: gloo without CUDA, ``set_device`` only with CUDA;
+    ``backend`` and ``timeout`` (seconds) are ``dist_params.backend`` / ``dist_params.timeout``."""
     import torch.multiprocessing as mp
 
     from fusion.utils.dist_util import init_dist as _init
@@ -114,7 +116,7 @@ def init_dist(launcher: str, backend: Optional[str] = None, **kwargs: Any) -> No
         mp.set_start_method('spawn')
     if launcher != 'pytorch':
         raise ValueError(f'Invalid launcher type: {launcher} (only "pytorch", i.e. torchrun, is supported)')
-    _init(backend)
+    _init(backend, None if timeout is None else datetime.timedelta(seconds=float(timeout)))
 
 
 def fix_message_logger_eta() -> bool:

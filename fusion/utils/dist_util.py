@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
 
 __all__ = ['get_dist_info', 'launched_by_torchrun', 'local_rank', 'default_backend', 'init_dist', 'destroy_dist',
-           'barrier', 'all_gather_objects', 'parse_shard']
+           'barrier', 'all_gather_objects', 'parse_shard', 'RankFailure', 'RankWait']
 
 
 def launched_by_torchrun() -> bool:
@@ -83,6 +83,51 @@ def all_gather_objects(obj: Any) -> List[Any]:
     out: List[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+class RankFailure(RuntimeError):
+    """Another rank failed during a step that every rank waits for (the message names it)."""
+
+
+class RankWait:
+    """Every rank waits for a step that some ranks run (e.g. validation on rank 0), for up to
+    ``timeout_s`` seconds, and a failure on any rank ends every rank at once with that rank's error.
+
+    The wait is an all-gather of each rank's outcome over a gloo group of its own, created with
+    ``timeout_s`` as its timeout: independent of the training process group's timeout (which
+    stays what ``dist_params.timeout`` says) and of its backend (NCCL or gloo). Every rank must
+    construct it at the same point (``new_group`` is collective), and call :meth:`run` at the
+    same points. Without a process group (one process) :meth:`run` just runs ``fn``."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = float(timeout_s)
+        self.group = None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            self.group = dist.new_group(backend='gloo', timeout=datetime.timedelta(seconds=self.timeout_s))
+
+    def run(self, fn: Callable[[], Any], what: str) -> Any:
+        """Runs ``fn()`` here, then waits until every rank has run its part. Re-raises this rank's
+        own error; raises :class:`RankFailure` naming another rank and its error when that rank
+        failed; a rank that does not report within the timeout ends the wait with torch's error."""
+        error: Optional[Exception] = None
+        result = None
+        try:
+            result = fn()
+        except Exception as err:  # reported to the other ranks first, then re-raised
+            error = err
+        if self.group is None:
+            if error is not None:
+                raise error
+            return result
+        reports: List[Optional[str]] = [None] * dist.get_world_size(self.group)
+        dist.all_gather_object(reports, None if error is None else f'{type(error).__name__}: {error}', group=self.group)
+        if error is not None:
+            raise error
+        failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
+        if failed:
+            rank, report = failed[0]
+            raise RankFailure(f'{what} failed on rank {rank}: {report}')
+        return result
 
 
 def parse_shard(text: str) -> Tuple[int, int]:

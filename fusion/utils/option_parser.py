@@ -32,15 +32,17 @@ from fusion.utils.option_schema import (Choice, Component, DictOf, OptionError, 
 
 # the keys basicsr's parse_options, build_dataloader and train loop read (the framework's own)
 declare_options({
-    'name': Required('str'),
+    'name': Required('label'),
     'model_type': 'str',
     'num_gpu': 'int|str',
     'manual_seed': 'int',
     'scale': 'int',
-    'dist_params': {'backend': 'str', 'port': 'int', 'init_method': 'str'},
+    # under --launcher pytorch (torchrun sets the address and port): the process group's backend
+    # and timeout, and how long ranks wait for rank 0's validation (docs/distributed.md)
+    'dist_params': {'backend': Choice('nccl', 'gloo'), 'timeout': 'number', 'validation_timeout': 'number'},
     'find_unused_parameters': 'bool',
     'datasets': Required(DictOf(Component('dataset', extra={
-        'name': Required('str'), 'type': 'str',
+        'name': Required('label'), 'type': 'str',
         # basicsr.data.build_dataloader
         'batch_size_per_gpu': 'int', 'num_worker_per_gpu': 'int', 'dataset_enlarge_ratio': 'number',
         'use_shuffle': 'bool', 'pin_memory': 'bool', 'persistent_workers': 'bool',
@@ -143,10 +145,8 @@ def parse_options(root_path: str, is_train: bool = True, argv=None) -> Tuple[dic
         print('Disable distributed.', flush=True)
     else:
         opt['dist'] = True
-        if args.launcher == 'slurm' and 'dist_params' in opt:
-            bs_options.init_dist(args.launcher, **opt['dist_params'])
-        else:
-            bs_options.init_dist(args.launcher)
+        dist_params = opt.get('dist_params') or {}
+        bs_options.init_dist(args.launcher, backend=dist_params.get('backend'), timeout=dist_params.get('timeout'))
     opt['rank'], opt['world_size'] = get_dist_info()
 
     seed = opt.get('manual_seed')

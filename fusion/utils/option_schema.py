@@ -274,7 +274,7 @@ class _Checker:
             for name in list(value):
                 self.value(value, name, spec.spec, _join(where, name))
         elif isinstance(spec, Choice):
-            if value not in spec.values:
+            if not _is_choice(value, spec.values):
                 self.error(where, f'must be one of {spec}, got {value!r}{_suggest_value(value, spec.values)}')
         else:
             self.typed(parent, key, str(spec), where)
@@ -291,7 +291,8 @@ class _Checker:
                     parent[key] = converted
                 return
         wanted = ' or '.join({'number': 'a number', 'float': 'a number', 'int': 'an integer', 'bool': 'true/false',
-                              'str': 'a string', 'list': 'a list', 'dict': 'a section'}.get(k, k) for k in kinds)
+                              'str': 'a string', 'label': 'a name', 'list': 'a list',
+                              'dict': 'a section'}.get(k, k) for k in kinds)
         self.error(where, f'expected {wanted}, got {value!r}')
 
     def component(self, value: Any, spec: Component, where: str) -> None:
@@ -344,6 +345,11 @@ def _suggest(key: Any, schema: dict) -> str:
     return f' (valid here: {", ".join(valid)})' if valid else ' (this section takes no options)'
 
 
+def _is_choice(value: Any, choices: Iterable[Any]) -> bool:
+    # 0 == False and 1 == True in Python: a bool choice matches only a bool (``amp: 0`` is no ``false``)
+    return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in choices)
+
+
 def _suggest_value(value: Any, choices: Iterable[Any]) -> str:
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
     return f' (did you mean {close[0]}?)' if close else ''
@@ -357,6 +363,8 @@ def _convert(value: Any, kind: str) -> Tuple[bool, Any]:
             return False, value
         if isinstance(value, str) and _NUMBER.match(value.strip()):
             number = float(value)
+            if kind == 'int' and not number.is_integer():
+                return False, value  # "0.5" is no integer (never truncated to 0)
             plain_integer = number.is_integer() and 'e' not in value.lower() and '.' not in value
             value = int(number) if kind == 'int' or plain_integer else number
         if kind == 'int':
@@ -365,6 +373,10 @@ def _convert(value: Any, kind: str) -> Tuple[bool, Any]:
             return True, float(value)
         return isinstance(value, (int, float)), value
     if kind == 'str':
+        return isinstance(value, str), value
+    if kind == 'label':  # a name: a string, or a number read as one (``name: 2023``)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, str(value)
         return isinstance(value, str), value
     if kind == 'list':
         return isinstance(value, (list, tuple)), value

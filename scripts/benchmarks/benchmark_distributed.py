@@ -69,11 +69,15 @@ def _train_once(opt: str, nproc: int, iters: int, threads: int, tmp: str, tag: s
             'batch_per_process': batch, 'wall_s': wall}
 
 
-def _masks_once(nproc: int, model: str, tmp: str, tag: str, threads: int) -> Dict[str, float]:
+def _masks_once(nproc: int, model: str, tmp: str, tag: str, threads: int, limit: int = 0) -> Dict[str, float]:
+    from fusion.utils.img_util import list_pairs
     ir, vis = osp.join(ROOT, 'datasets', 'MFNet', 'ir'), osp.join(ROOT, 'datasets', 'MFNet', 'vi')
-    n_pairs = len([f for f in os.listdir(ir) if not f.startswith('.')])
+    names = [p['name'] for p in list_pairs(ir, vis)][:limit or None]
+    n_pairs = len(names)
     script = [osp.join(ROOT, 'scripts', 'generate_masks.py'), '--ir', ir, '--vis', vis,
               '--out', osp.join(tmp, f'{tag}.lmdb'), '--model-type', model, '--quiet']
+    if limit:
+        script += ['--names', ','.join(names)]
     if model == 'tiny':
         script += ['--points-per-side', '8', '--crop-n-layers', '0', '--pred-iou-thresh', '1.0',
                    '--stability-score-thresh', '0']
@@ -96,6 +100,7 @@ def main() -> None:
     p.add_argument('--rounds', type=int, default=1, help='alternations of the process counts')
     p.add_argument('--masks', action='store_true', help='benchmark sharded mask generation instead')
     p.add_argument('--mask-model', default='tiny', help='SAM model type for --masks (tiny: random test model)')
+    p.add_argument('--mask-pairs', type=int, default=0, help='--masks: the first N bundled MFNet pairs (0: all)')
     p.add_argument('--json', help='also write the report here')
     args = p.parse_args()
     results: Dict[str, List[Dict[str, float]]] = {str(n): [] for n in args.nproc}
@@ -104,7 +109,7 @@ def main() -> None:
             for n in args.nproc:
                 tag = f'r{r}_n{n}'
                 if args.masks:
-                    results[str(n)].append(_masks_once(n, args.mask_model, tmp, tag, args.threads))
+                    results[str(n)].append(_masks_once(n, args.mask_model, tmp, tag, args.threads, args.mask_pairs))
                 else:
                     results[str(n)].append(_train_once(args.opt, n, args.iters, args.threads, tmp, tag))
     report = {'benchmark': 'masks' if args.masks else 'training',

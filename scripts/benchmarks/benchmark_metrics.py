@@ -12,6 +12,11 @@ the ratio and the difference of the values. The timings recorded with the refere
 (the project's metric reference set, CDDFuse Evaluator and NumPy ports of the MATLAB code, quiet machine) are
 listed too when the reference JSON is available; they come from another run, so compare them with
 care. The CPU is shared: the load average at start and end is part of the output.
+
+``conventions`` in the JSON: every metric of every metric convention (cddfuse, tang, vifb; see
+docs/metrics.md) timed on one 768x576 triple (--convention-size): the bundled TNO_10 triple (grey)
+for cddfuse and tang, the bundled VIFB manCar pair with ADF's fusion (colour JPEG, so the vifb
+metrics run per channel) for vifb, both resized to that size.
 """
 import argparse
 import json
@@ -23,14 +28,23 @@ import sys
 from typing import Callable, Dict, Optional
 
 import numpy as np
-from bench_util import ROOT, time_wall_and_cpu  # noqa: E402  (also puts the repository on sys.path)
+from bench_util import ROOT, parse_size, size_str, time_wall_and_cpu  # noqa: E402  (also puts the repo on sys.path)
 
+from fusion.metrics.conventions import CONVENTIONS, get_convention  # noqa: E402
 from fusion.metrics.fusion_metrics import ALL_METRICS, DEFAULT_METRICS  # noqa: E402
 from fusion.metrics.metric_util import keep_freed_memory  # noqa: E402
 from fusion.utils.img_util import read_gray  # noqa: E402
 
 
 DATA = osp.join(ROOT, 'tests', 'data', 'metrics')
+VIFB_DATA = osp.join(ROOT, 'tests', 'data', 'toolbox_conventions', 'vifb')
+# convention -> (ir, vis, fused) files timed for it
+CONVENTION_TRIPLES = {
+    'cddfuse': (osp.join(DATA, 'TNO_10_ir.png'), osp.join(DATA, 'TNO_10_vi.png'), osp.join(DATA, 'TNO_10_mean.png')),
+    'tang': (osp.join(DATA, 'TNO_10_ir.png'), osp.join(DATA, 'TNO_10_vi.png'), osp.join(DATA, 'TNO_10_mean.png')),
+    'vifb': (osp.join(VIFB_DATA, 'ir', 'manCar.jpg'), osp.join(VIFB_DATA, 'vi', 'manCar.jpg'),
+             osp.join(VIFB_DATA, 'fused', 'ADF', 'manCar.jpg')),
+}
 RECORDED_KEYS = {  # our name -> (section of meta.timing, key)
     'en': ('cddfuse_evaluator_640x480', 'EN'), 'sd': ('cddfuse_evaluator_640x480', 'SD'),
     'sf': ('cddfuse_evaluator_640x480', 'SF'), 'ag': ('cddfuse_evaluator_640x480', 'AG'),
@@ -143,6 +157,29 @@ def _recorded(path: Optional[str]) -> Dict[str, dict]:
         return json.load(f).get('meta', {}).get('timing', {})
 
 
+def time_conventions(names, size, repeat: int) -> Dict[str, dict]:
+    """Each metric of each convention on its triple resized to ``size`` (H, W), arrays as the
+    convention's reader gives them (resized with INTER_AREA/LINEAR, uint8 kept)."""
+    import cv2
+    out: Dict[str, dict] = {}
+    for name in names:
+        conv = get_convention(name)
+        paths = CONVENTION_TRIPLES[name]
+        ir, vis, fused = (cv2.resize(conv.reader(p), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+                          for p in paths)
+        if name == 'cddfuse':  # read_gray gives float32: keep that type after resizing
+            ir, vis, fused = (np.round(x) for x in (ir, vis, fused))
+        timings = {}
+        for metric in conv.default_metrics:
+            heavy = name == 'cddfuse' and ALL_METRICS[metric].heavy
+            timings[metric] = time_wall_and_cpu(lambda: conv.compute(fused, ir, vis, [metric])[metric],
+                                                min(repeat, HEAVY_REPEATS) if heavy else repeat)
+        out[name] = {'size_hw': list(size), 'files': [osp.relpath(p, ROOT) for p in paths],
+                     'channels': 1 if fused.ndim == 2 else fused.shape[2],
+                     'total_median_s': sum(t['median_s'] for t in timings.values()), 'metrics': timings}
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--ir', default=osp.join(DATA, 'TNO_10_ir.png'))
@@ -153,6 +190,11 @@ def main(argv=None) -> int:
     parser.add_argument('--no-direct', action='store_true', help='skip the direct formulations (VIF takes ~2 s)')
     parser.add_argument('--reference-json', default=osp.join(DATA, 'reference_values.json'),
                         help='reference values JSON whose meta.timing holds the recorded timings')
+    parser.add_argument('--conventions', nargs='*', default=list(CONVENTIONS), choices=list(CONVENTIONS),
+                        help='conventions whose metrics are timed on a --convention-size triple (default: all; '
+                             'none: skip)')
+    parser.add_argument('--convention-size', type=parse_size, default=(576, 768), help='H x W (default 576x768)')
+    parser.add_argument('--convention-repeat', type=int, default=3, help='runs per convention metric')
     parser.add_argument('--default-allocator', action='store_true',
                         help='do not call keep_freed_memory() (evaluate.py calls it), to see its effect')
     args = parser.parse_args(argv)
@@ -194,6 +236,10 @@ def main(argv=None) -> int:
         'heavy_metrics': [m for m in suite if ALL_METRICS[m].heavy],
         'metrics': report,
     }
+    if args.conventions:
+        out['conventions'] = time_conventions(args.conventions, args.convention_size, args.convention_repeat)
+        out['conventions_size'] = size_str(args.convention_size)
+        out['machine']['load_average_end'] = os.getloadavg()
     print(json.dumps(out, indent=2))
     return 0
 

@@ -46,7 +46,6 @@ from copy import deepcopy
 from typing import Dict, List, Optional, Sequence
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from bench_util import (ROOT, current_rss_bytes, emit_json, machine_meta, parse_size, peak_rss_bytes,
                         run_measuring_child, seconds_stats, size_str, sync, time_interleaved)
 
@@ -63,9 +62,14 @@ VARIANTS = {
 
 
 def load_options(path: str) -> dict:
-    from basicsr.utils.options import ordered_yaml
-    with open(path) as f:
-        return yaml.load(f, Loader=ordered_yaml()[0])
+    """The training options of ``path``, validated as fusion/train.py validates them (so that,
+    e.g., ``lr: 2e-3``, a string to PyYAML, is a number here too)."""
+    import fusion.training  # noqa: F401  (declares the training loop's keys)
+    from fusion.utils.option_parser import read_option_file
+    from fusion.utils.option_schema import validate_options
+    opt = read_option_file(path)
+    validate_options(opt, True, source=path)
+    return opt
 
 
 def model_options(base: dict, variant: str, device: torch.device, workdir: str) -> dict:
@@ -168,8 +172,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         base = load_options(args.opt)
-    except OSError as err:
-        print(f'error: {args.opt}: {err}', file=sys.stderr)
+    except ValueError as err:  # OptionError: a missing file or bad options, named
+        print(f'error: {err}', file=sys.stderr)
         return 1
     if args.child:
         child_main(args, base)
