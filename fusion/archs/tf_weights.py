@@ -54,30 +54,46 @@ def check_min_size(x: torch.Tensor, min_size: int, method: str) -> None:
                          f'(reflection padding), got {h} x {w}')
 
 
-def conv_variables(layers: Mapping[str, Tuple[str, Tuple[int, int]]]) -> Dict[str, Tuple[int, ...]]:
-    """TF variable name -> TF shape for conv layers given as ``torch prefix -> (TF scope, (in, out))``."""
+LayerSpec = Tuple  # (TF scope, (in, out)[, kernel size[, (weight name, bias name)]])
+
+
+def _spec(spec: LayerSpec) -> Tuple[str, int, int, int, str, str]:
+    """(scope, in, out, kernel size, weight variable, bias variable) of a layer table entry:
+    ``(scope, (in, out))`` is a 3x3 conv with TF's default ``kernel`` / ``bias`` names; a third and
+    fourth item give another kernel size and the authors' own variable names."""
+    scope, (cin, cout) = spec[0], spec[1]
+    k = spec[2] if len(spec) > 2 else 3
+    wname, bname = spec[3] if len(spec) > 3 else ('kernel', 'bias')
+    return scope, cin, cout, k, f'{scope}/{wname}', f'{scope}/{bname}'
+
+
+def conv_variables(layers: Mapping[str, LayerSpec]) -> Dict[str, Tuple[int, ...]]:
+    """TF variable name -> TF shape (HWIO kernels) for a layer table ``torch prefix -> spec``."""
     expected: Dict[str, Tuple[int, ...]] = {}
-    for scope, (cin, cout) in layers.values():
-        expected[f'{scope}/kernel'] = (3, 3, cin, cout)
-        expected[f'{scope}/bias'] = (cout,)
+    for spec in layers.values():
+        _, cin, cout, k, wname, bname = _spec(spec)
+        expected[wname] = (k, k, cin, cout)
+        expected[bname] = (cout,)
     return expected
 
 
 def tf_convs_to_state_dict(tensors: Mapping[str, np.ndarray],
-                           layers: Mapping[str, Tuple[str, Tuple[int, int]]]) -> Dict[str, torch.Tensor]:
+                           layers: Mapping[str, LayerSpec]) -> Dict[str, torch.Tensor]:
     """Maps TF conv variables onto ``<prefix>.weight`` (HWIO -> OIHW) and ``<prefix>.bias``."""
     state: Dict[str, torch.Tensor] = {}
-    for prefix, (scope, _) in layers.items():
-        kernel = np.ascontiguousarray(tensors[f'{scope}/kernel'].transpose(3, 2, 0, 1))
+    for prefix, spec in layers.items():
+        _, _, _, _, wname, bname = _spec(spec)
+        kernel = np.ascontiguousarray(tensors[wname].transpose(3, 2, 0, 1))
         state[f'{prefix}.weight'] = torch.from_numpy(kernel.astype(np.float32))
-        state[f'{prefix}.bias'] = torch.from_numpy(np.array(tensors[f'{scope}/bias'], dtype=np.float32))
+        state[f'{prefix}.bias'] = torch.from_numpy(np.array(tensors[bname], dtype=np.float32))
     return state
 
 
-def _expected_torch_shapes(layers: Mapping[str, Tuple[str, Tuple[int, int]]]) -> Dict[str, Tuple[int, ...]]:
+def _expected_torch_shapes(layers: Mapping[str, LayerSpec]) -> Dict[str, Tuple[int, ...]]:
     shapes: Dict[str, Tuple[int, ...]] = {}
-    for prefix, (_, (cin, cout)) in layers.items():
-        shapes[f'{prefix}.weight'] = (cout, cin, 3, 3)
+    for prefix, spec in layers.items():
+        _, cin, cout, k, _, _ = _spec(spec)
+        shapes[f'{prefix}.weight'] = (cout, cin, k, k)
         shapes[f'{prefix}.bias'] = (cout,)
     return shapes
 
@@ -92,10 +108,10 @@ def _is_torch_file(path: str) -> bool:
 
 # every TF-trained method's layer table, registered when its arch module is imported: a file that
 # fits another method's table is named as that method's
-KNOWN_LAYOUTS: Dict[str, Mapping[str, Tuple[str, Tuple[int, int]]]] = {}
+KNOWN_LAYOUTS: Dict[str, Mapping[str, LayerSpec]] = {}
 
 
-def register_layout(method: str, layers: Mapping[str, Tuple[str, Tuple[int, int]]]) -> None:
+def register_layout(method: str, layers: Mapping[str, LayerSpec]) -> None:
     KNOWN_LAYOUTS[method] = layers
 
 
@@ -106,7 +122,7 @@ def _other_method(method: str, fits) -> str:
     return ''
 
 
-def load_tf_method_weights(path: str, layers: Mapping[str, Tuple[str, Tuple[int, int]]], method: str,
+def load_tf_method_weights(path: str, layers: Mapping[str, LayerSpec], method: str,
                            files: Sequence[str], source: str) -> Dict[str, torch.Tensor]:
     """The state dict of a TF-trained zoo network from ``path``: its authors' TF1 checkpoint (the
     prefix, any of its files, or the folder holding them) or a ``.pth`` written by
@@ -124,13 +140,13 @@ def load_tf_method_weights(path: str, layers: Mapping[str, Tuple[str, Tuple[int,
         other = _other_method(method, lambda lay: all(shapes.get(k) == v for k, v in conv_variables(lay).items()))
         check_variables(shapes, conv_variables(layers), method, ckpt.index_path,
                         hint=f'It is a {other} checkpoint' if other else '')
-        tensors = ckpt.read([f'{scope}/{kind}' for scope, _ in layers.values() for kind in ('kernel', 'bias')])
+        tensors = ckpt.read(list(conv_variables(layers)))
     except TFCheckpointError as err:
         raise ValueError(f'{err}; {where}') from None
     return tf_convs_to_state_dict(tensors, layers)
 
 
-def _load_converted(path: str, layers: Mapping[str, Tuple[str, Tuple[int, int]]], method: str,
+def _load_converted(path: str, layers: Mapping[str, LayerSpec], method: str,
                     where: str) -> Dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
@@ -157,7 +173,7 @@ def _load_converted(path: str, layers: Mapping[str, Tuple[str, Tuple[int, int]]]
 
 
 # the zoo's TensorFlow-trained methods: --method name -> ARCH_REGISTRY type
-TF_METHODS = {'densefuse': 'DenseFuseNet', 'u2fusion': 'U2FusionNet'}
+TF_METHODS = {'densefuse': 'DenseFuseNet', 'u2fusion': 'U2FusionNet', 'sdnet': 'SDNetNet'}
 
 
 def convert_tf_checkpoint(method: str, checkpoint: str, output: str) -> Dict[str, object]:
