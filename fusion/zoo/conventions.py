@@ -47,9 +47,10 @@ def _one_of(*choices: Any) -> Callable[[Any], bool]:
 CONVENTIONS: Dict[str, Convention] = {
     'vis_channel': Convention('y', _one_of('y', 'grey'), 'y | grey',
                               'which grey image of the visible the authors feed: y = Y of the YCrCb of the '
-                              'visible image, grey = its RGB->grey conversion. Both use the BT.601 luma '
-                              '(0.299 R + 0.587 G + 0.114 B), so the runner feeds the same values; the key '
-                              'records the authors\' wording'),
+                              'visible image, grey = its RGB->grey conversion. Both are the BT.601 luma '
+                              '(0.299 R + 0.587 G + 0.114 B): the runner feeds Y for both, which OpenCV\'s '
+                              'fixed-point rounding puts one level from its grey in a few % of colour pixels '
+                              '(equal for grey images)'),
     'in_channels': Convention(1, _one_of(1, 3), '1 | 3',
                               'channels per source: 1, or 3 = the single channel repeated (nets trained on RGB)'),
     'in_range': Convention([0, 1], _is_range, '[low, high]',
