@@ -12,14 +12,17 @@ Output files keep the input names (as PNG unless --ext says otherwise); colour c
 visible image's chroma (YCrCb); grey visible inputs give grey outputs.
 """
 import argparse
+import contextlib
 import os.path as osp
 import sys
+import tempfile
 
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
 from fusion.inference import DEFAULT_MODEL, fuse_folders, load_student, resolve_device  # noqa: E402
 from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
+from fusion.utils.file_util import check_output_location  # noqa: E402
 from fusion.zoo import build_zoo_method, list_zoo_methods, load_zoo_entry  # noqa: E402
 
 
@@ -62,9 +65,39 @@ def main(argv=None) -> int:
     parser.add_argument('--tile-overlap', type=int, default=None,
                         help='overlap of neighbouring tiles (default: 3 x the network\'s tile margin, 96 for the '
                              'SAGE student: equal to untiled within 1e-6)')
+    parser.add_argument('--register', action='store_true',
+                        help='register the infrared images onto the visible ones first (docs/registration.md); '
+                             'unsure pairs are left out')
+    parser.add_argument('--register-out', default=None,
+                        help='keep the registered pairs, report and pictures here (default: a temporary folder)')
     args = parser.parse_args(argv)
     net = build_net(args)
-    written = fuse_folders(args.ir, args.vis, args.output, net, ext=args.ext, fast=not args.plain,
+    with registered_inputs(args) as (ir_dir, vis_dir):
+        return _fuse(args, net, ir_dir, vis_dir)
+
+
+@contextlib.contextmanager
+def registered_inputs(args):
+    """The folders to fuse: the given ones, or with --register the registered pairs."""
+    if not args.register:
+        yield args.ir, args.vis
+        return
+    from fusion.registration import register_folders
+    with tempfile.TemporaryDirectory(prefix='register_') as tmp:
+        out = args.register_out or tmp
+        check_output_location(args.output, [('--ir', args.ir), ('--vis', args.vis), ('--register-out', out)],
+                              what='--output')
+        report = register_folders(args.ir, args.vis, out)
+        for item in report['unsure']:
+            print(f'registration unsure, not fused: {item["name"]}: {item["reason"]}')
+        if len(report['unsure']) == len(report['pairs']):
+            raise ValueError(f'--register: no pair of {args.ir} / {args.vis} registered with confidence '
+                             f'(report: {report["json"]})')
+        yield osp.join(out, 'ir'), osp.join(out, 'vis')
+
+
+def _fuse(args, net, ir_dir: str, vis_dir: str) -> int:
+    written = fuse_folders(ir_dir, vis_dir, args.output, net, ext=args.ext, fast=not args.plain,
                            batch_size=args.batch_size, tile_size=args.tile, tile_overlap=args.tile_overlap,
                            precision=args.precision)
     print(f'{len(written)} fused images written to {args.output}')

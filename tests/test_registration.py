@@ -1,0 +1,202 @@
+"""Registration of infrared/visible pairs (fusion/registration, scripts/register_pairs.py): known
+synthetic transforms on real bundled pairs are recovered, resolution mismatch is handled, doubtful
+pairs say so, bad input fails with one clear line, outputs never land inside inputs."""
+import json
+import os
+import os.path as osp
+import runpy
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from conftest import BENCHMARKS, DATASETS, ROOT
+
+from fusion.registration import RegistrationOptions, load_transform, register_arrays, register_folders
+from fusion.registration import transforms as T
+from fusion.registration.folders import fit_once
+from fusion.utils.img_util import ImageReadError, read_ir
+
+
+SCRIPT = osp.join(ROOT, 'scripts', 'register_pairs.py')
+SIZE = (240, 320)  # small: the tests stay quick
+
+
+def _pair(ds='TNO', name='001.png', size=SIZE):
+    ir = read_ir(osp.join(DATASETS, ds, 'ir', name))
+    vis = read_ir(osp.join(DATASETS, ds, 'vi', name))
+    return (cv2.resize(ir, (size[1], size[0]), interpolation=cv2.INTER_AREA),
+            cv2.resize(vis, (size[1], size[0]), interpolation=cv2.INTER_AREA))
+
+
+def _known(size, angle=2.5, scale=1.06, shift=(9.0, -6.0)):
+    h, w = size
+    return T.similarity_about(((w - 1) / 2, (h - 1) / 2), scale, angle, shift)
+
+
+@pytest.mark.parametrize('ds,name,size', [('TNO', '002.png', SIZE), ('MFNet', '00101D.png', SIZE),
+                                          ('M3FD', '00000.png', (360, 480))])
+def test_known_transform_is_recovered_within_a_pixel(ds, name, size):
+    ir, vis = _pair(ds, name, size)
+    tr = _known(ir.shape)
+    warped = cv2.warpPerspective(ir, tr, (ir.shape[1], ir.shape[0]), flags=cv2.INTER_LINEAR)
+    opt = RegistrationOptions(min_score=5.0)  # recovery is the point here, not the default threshold
+    r0, r = register_arrays(ir, vis, opt), register_arrays(warped, vis, opt)
+    assert r.ok and r0.ok, (r0.reason, r.reason)
+    # consistency: the estimate on the warped pair equals the original estimate after undoing tr
+    assert T.corner_error(r.H, r0.H @ np.linalg.inv(tr), vis.shape) < 1.0
+    # and the transform is far from the identity, so that was no free pass
+    assert T.corner_error(np.eye(3), r0.H @ np.linalg.inv(tr), vis.shape) > 10
+
+
+def test_lower_infrared_resolution_and_other_aspect_ratio():
+    ir, vis = _pair('TNO', '002.png')
+    tr = T.grid_scale(ir.shape, (ir.shape[0] // 2, ir.shape[1] * 2 // 5)) @ _known(ir.shape, -2.0, 0.95, (-7, 5))
+    small = (ir.shape[0] // 2, ir.shape[1] * 2 // 5)
+    warped = cv2.warpPerspective(ir, tr, (small[1], small[0]), flags=cv2.INTER_AREA)
+    r0, r = register_arrays(ir, vis), register_arrays(warped, vis)
+    assert warped.shape != vis.shape and r.ok, r.reason
+    assert T.corner_error(r.H, r0.H @ np.linalg.inv(tr), vis.shape) < 1.5
+
+
+def test_doubtful_pairs_are_flagged_with_a_reason():
+    ir, vis = _pair('TNO', '001.png')
+    _, other = _pair('M3FD', '00000.png')
+    rng = np.random.default_rng(0)
+    h, w = ir.shape
+    rotated = cv2.warpAffine(ir, T.similarity_about(((w - 1) / 2, (h - 1) / 2), 1.0, 25.0)[:2], (w, h))
+    flat = register_arrays(np.full_like(ir, 0.3), vis)
+    assert not flat.ok and 'structure' in flat.reason
+    for a, b in [(rng.random(ir.shape).astype(np.float32), vis), (ir, other), (rotated, vis)]:
+        r = register_arrays(a, b)
+        assert not r.ok and r.reason
+
+
+def test_fit_once_takes_the_robust_centre():
+    size = (100, 120)
+    good = [type('R', (), {'ok': True, 'H': _known(size, 1.0 + d, 1.0, (3, 2))})() for d in (-0.05, 0.0, 0.05)]
+    bad = [type('R', (), {'ok': True, 'H': _known(size, 4.0, 1.1, (20, 0))})(),
+           type('R', (), {'ok': False, 'H': np.eye(3)})()]
+    h = fit_once(good + bad, size, size)
+    assert T.corner_error(h, _known(size, 1.0, 1.0, (3, 2)), size) < 0.2
+
+
+def test_transform_file_shapes(tmp_path):
+    good = tmp_path / 'h.json'
+    good.write_text(json.dumps({'H': [[1, 0, 2], [0, 1, 3], [0, 0, 1]]}))
+    assert load_transform(str(good))[0, 2] == 2
+    rows = tmp_path / 'h.txt'
+    rows.write_text('1 0 2\n0 1 3\n0 0 1\n')
+    assert load_transform(str(rows))[1, 2] == 3
+    bad = tmp_path / 'bad.json'
+    bad.write_text(json.dumps({'H': [[1, 0], [0, 1]]}))
+    with pytest.raises(ValueError, match='3x3'):
+        load_transform(str(bad))
+
+
+def _folders(tmp_path, n=2, ds='TNO'):
+    ir_dir, vis_dir = tmp_path / 'ir', tmp_path / 'vi'
+    ir_dir.mkdir()
+    vis_dir.mkdir()
+    for name in sorted(os.listdir(osp.join(DATASETS, ds, 'ir')))[:n]:
+        ir, vis = _pair(ds, name)
+        cv2.imwrite(str(ir_dir / name), (ir * 255).astype(np.uint8))
+        cv2.imwrite(str(vis_dir / name), (vis * 255).astype(np.uint8))
+    return str(ir_dir), str(vis_dir)
+
+
+def test_folders_write_fusion_inputs_report_and_pictures(tmp_path):
+    ir_dir, vis_dir = _folders(tmp_path)
+    out = str(tmp_path / 'out')
+    report = register_folders(ir_dir, vis_dir, out, progress=False)
+    data = json.load(open(osp.join(out, 'registration.json')))
+    assert set(data['pairs']) == {'001', '002'} and data['unsure'] == report['unsure']
+    for name, entry in data['pairs'].items():
+        assert np.asarray(entry['H']).shape == (3, 3) and {'score', 'ok', 'reason'} <= set(entry)
+        assert osp.isfile(osp.join(out, 'check', name + '.jpg'))
+        assert entry['written'] == osp.isfile(osp.join(out, 'ir', name + '.png')) == entry['ok']
+        if entry['ok']:
+            assert cv2.imread(osp.join(out, 'ir', name + '.png'), -1).shape == SIZE
+            assert osp.isfile(osp.join(out, 'vis', name + '.png'))
+    # a saved transform is applied as it is
+    tfile = tmp_path / 't.json'
+    tfile.write_text(json.dumps({'H': T.to_list(_known(SIZE, 0, 1, (5, 0)))}))
+    out2 = str(tmp_path / 'out2')
+    rep2 = register_folders(ir_dir, vis_dir, out2, transform=load_transform(str(tfile)), keep_unsure=True,
+                            progress=False)
+    assert all(np.allclose(e['H'], _known(SIZE, 0, 1, (5, 0))) and e['written'] for e in rep2['pairs'].values())
+    assert all(not e['ok'] for e in rep2['pairs'].values())  # 5 px off the real alignment: not confident
+
+
+def test_bad_input_and_outputs_inside_inputs(tmp_path):
+    ir_dir, vis_dir = _folders(tmp_path)
+    with pytest.raises(ValueError, match='--out'):
+        register_folders(ir_dir, vis_dir, osp.join(ir_dir, 'reg'), progress=False)
+    with pytest.raises(ValueError, match='--json'):
+        register_folders(ir_dir, vis_dir, str(tmp_path / 'o'), json_path=osp.join(vis_dir, 'r.json'), progress=False)
+    os.remove(osp.join(vis_dir, '002.png'))
+    with pytest.raises(ImageReadError, match='partner'):
+        register_folders(ir_dir, vis_dir, str(tmp_path / 'o'), progress=False)
+    with open(osp.join(vis_dir, '002.png'), 'wb') as f:
+        f.write(b'not an image')
+    with pytest.raises(ImageReadError, match='002.png'):
+        register_folders(ir_dir, vis_dir, str(tmp_path / 'o'), progress=False)
+    with pytest.raises(ValueError, match='--model'):
+        RegistrationOptions(model='spline')
+
+
+@pytest.mark.slow
+def test_script_end_to_end_and_one_line_errors(tmp_path):
+    ir_dir, vis_dir = _folders(tmp_path)
+    out = tmp_path / 'out'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, SCRIPT, '--ir', ir_dir, '--vis', vis_dir, '--out', str(out), '--fit-once'],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    data = json.load(open(out / 'registration.json'))
+    assert data['fit_once']['pairs_used'] == 2 and 'registered with confidence' in proc.stdout
+    bad = tmp_path / 'bad.json'
+    bad.write_text('[[1, 0, 0], [0, 1, 0]]')
+    proc = subprocess.run([sys.executable, SCRIPT, '--ir', ir_dir, '--vis', vis_dir, '--out', str(tmp_path / 'o2'),
+                           '--transform', str(bad)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1 and proc.stderr.strip().startswith('error:') and '3x3' in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_registration_is_a_generic_data_step():
+    """fusion/registration imports nothing from the networks, models, losses or datasets."""
+    import ast
+    import glob
+    for path in glob.glob(osp.join(ROOT, 'fusion', 'registration', '*.py')):
+        tree = ast.parse(open(path).read())
+        mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        bad = {m for m in mods if m.startswith('fusion') and not m.startswith(('fusion.utils', 'fusion.registration'))}
+        assert not bad and 'torch' not in mods, (path, bad)
+
+
+@pytest.mark.slow
+def test_inference_register_fuses_the_registered_pairs(tmp_path):
+    ir_dir, vis_dir = _folders(tmp_path)
+    reg, fused = tmp_path / 'reg', tmp_path / 'fused'
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'scripts', 'inference.py'), '--ir', ir_dir, '--vis', vis_dir,
+                           '--output', str(fused), '--register', '--register-out', str(reg), '--device', 'cpu'],
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr
+    report = json.load(open(reg / 'registration.json'))
+    ok = sorted(n for n, e in report['pairs'].items() if e['ok'])
+    assert ok and sorted(f[:-4] for f in os.listdir(fused)) == ok
+
+
+@pytest.mark.slow
+def test_benchmark_reports_errors_baselines_threshold_and_failure_cases(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    monkeypatch.setattr(sys, 'argv', ['benchmark_registration.py', '--bundled-only', '--max-per-dataset', '1',
+                                      '--timing-repeats', '1'])
+    runpy.run_path(osp.join(BENCHMARKS, 'benchmark_registration.py'), run_name='__main__')
+    report = json.loads(capsys.readouterr().out)
+    assert set(report['methods']) == {'ours', 'ecc_intensity', 'ecc_gradient'} and report['cases'] == 3
+    assert {'median', 'p90', 'success_rate'} <= set(report['methods']['ours']['consistency'])
+    assert [f['ok'] for f in report['failure_cases']] == [False] * 4
+    assert report['time_640x480']['cpu_s_median'] > 0 and report['meta']['cpu']['name']
