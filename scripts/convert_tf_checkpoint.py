@@ -27,14 +27,20 @@ sys.path.insert(0, ROOT)
 import fusion  # noqa: E402,F401  (basicsr fixes + registries)
 from fusion.archs.tf_weights import TF_METHODS, convert_tf_checkpoint  # noqa: E402
 from fusion.utils.cli import run_cli  # noqa: E402
+from fusion.utils.entry_io import input_arg, output_arg, parse_checked, plain_arg  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    plain_arg(parser, '--method', required=True, choices=sorted(TF_METHODS))
+    input_arg(parser, '--checkpoint', kind='prefix', required=True,
+              help='TF1 checkpoint prefix, one of its files, or its folder')
+    output_arg(parser, '--output', kind='file', required=True, help='the .pth file to write')
+    return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--method', required=True, choices=sorted(TF_METHODS))
-    parser.add_argument('--checkpoint', required=True, help='TF1 checkpoint prefix, one of its files, or its folder')
-    parser.add_argument('--output', required=True, help='the .pth file to write')
-    args = parser.parse_args(argv)
+    args = parse_checked(build_parser(), argv)
     print(json.dumps(convert_tf_checkpoint(args.method, args.checkpoint, args.output), indent=2))
     return 0
 
