@@ -26,6 +26,7 @@ import torch  # noqa: E402
 from fusion.inference import fuse_folders, resolve_device  # noqa: E402
 from fusion.metrics.fusion_metrics import ALL_METRICS, DEFAULT_METRICS  # noqa: E402
 from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked, plain_arg  # noqa: E402
 from fusion.utils.file_util import check_output_location  # noqa: E402
 from fusion.zoo import build_zoo_method, list_zoo_methods  # noqa: E402
 from fusion.zoo.comparison import (evaluate_and_write, profile_method, resolve_method_weights,  # noqa: E402
@@ -40,23 +41,27 @@ def _size(text: str):
     return h, w
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pair_arguments(parser)
-    parser.add_argument('--methods', nargs='+', default=['sage'], help=f'of: {" ".join(list_zoo_methods())}')
-    parser.add_argument('--weights-dir', default=osp.join(osp.dirname(ROOT), 'shared', 'peers', 'weights'),
-                        help='folder of the published weights, one sub-folder per method as in the peers collection '
-                             '(default: ../shared/peers/weights beside the repository)')
-    parser.add_argument('--out', required=True, help='output folder')
+    plain_arg(parser, '--methods', nargs='+', default=['sage'], help=f'of: {" ".join(list_zoo_methods())}')
+    input_arg(parser, '--weights-dir', kind='dir', default=osp.join(osp.dirname(ROOT), 'shared', 'peers', 'weights'),
+              help='folder of the published weights, one sub-folder per method as in the peers collection '
+                   '(default: ../shared/peers/weights beside the repository)')
+    output_arg(parser, '--out', kind='dir', required=True, help='output folder')
     parser.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N (fusing; profiling is on CPU)')
-    parser.add_argument('--metrics', nargs='*', default=None, help=f'default: {" ".join(DEFAULT_METRICS)}')
-    parser.add_argument('--skip', nargs='*', default=[], help='metrics to leave out, e.g. --skip fmi (the slowest)')
-    parser.add_argument('--grid-images', type=int, default=4, help='pairs in comparison.png (0: none)')
+    plain_arg(parser, '--metrics', nargs='*', default=None, help=f'default: {" ".join(DEFAULT_METRICS)}')
+    plain_arg(parser, '--skip', nargs='*', default=[], help='metrics to leave out, e.g. --skip fmi (the slowest)')
+    number_arg(parser, '--grid-images', int, min=0, default=4, help='pairs in comparison.png (0: none)')
     parser.add_argument('--profile-size', type=_size, default=(480, 640), help='H x W for FLOPs and latency')
-    parser.add_argument('--latency-repeats', type=int, default=3, help='timed runs per method (0: no latency)')
-    parser.add_argument('--workers', type=int, default=1, help='processes computing metrics')
+    number_arg(parser, '--latency-repeats', int, min=0, default=3, help='timed runs per method (0: no latency)')
+    number_arg(parser, '--workers', int, min=1, default=1, help='processes computing metrics')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = parse_checked(build_parser(), argv)
     unknown = sorted({m.lower() for m in args.skip} - set(ALL_METRICS))
     if unknown:
         raise ValueError(f'--skip: unknown metric(s) {unknown}')

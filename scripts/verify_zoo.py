@@ -19,24 +19,30 @@ ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 sys.path.insert(0, ROOT)
 
 from fusion.utils.cli import run_cli  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked, plain_arg  # noqa: E402
 from fusion.utils.file_util import atomic_write_bytes, check_output_location  # noqa: E402
 from fusion.zoo import list_zoo_methods, load_zoo_entry  # noqa: E402
 from fusion.zoo.verification import markdown_report, verify_method  # noqa: E402
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--methods', nargs='*', default=None,
-                        help=f'zoo methods (default: all: {" ".join(list_zoo_methods()[1:])})')
-    parser.add_argument('--peers', default=osp.join(osp.dirname(ROOT), 'shared', 'peers'),
-                        help='the peers collection (default: ../shared/peers beside the repository)')
-    parser.add_argument('--weights-dir', default=None, help='weights folder (default: PEERS/weights)')
-    parser.add_argument('--out', default='results/verify_zoo', help='output folder (default: results/verify_zoo)')
+    plain_arg(parser, '--methods', nargs='*', default=None,
+              help=f'zoo methods (default: all: {" ".join(list_zoo_methods()[1:])})')
+    input_arg(parser, '--peers', kind='dir', default=osp.join(osp.dirname(ROOT), 'shared', 'peers'),
+              help='the peers collection (default: ../shared/peers beside the repository)')
+    input_arg(parser, '--weights-dir', kind='dir', default=None, help='weights folder (default: PEERS/weights)')
+    output_arg(parser, '--out', kind='dir', default='results/verify_zoo',
+               help='output folder (default: results/verify_zoo)')
     parser.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N')
-    parser.add_argument('--jpeg-quality', type=int, default=75,
-                        help='quality of the re-encoding that measures a JPEG reference\'s own error (default 75, '
-                             'MATLAB imwrite\'s default, which VIFB used)')
-    args = parser.parse_args(argv)
+    number_arg(parser, '--jpeg-quality', int, min=1, max=100, default=75,
+               help='quality of the re-encoding that measures a JPEG reference\'s own error (default 75, '
+                    'MATLAB imwrite\'s default, which VIFB used)')
+    return parser
+
+
+def main(argv=None) -> int:
+    args = parse_checked(build_parser(), argv)
     if not osp.isdir(args.peers):
         raise ValueError(f'--peers {args.peers}: no such folder (the peers collection with weights/ and the '
                          'published images)')

@@ -26,6 +26,8 @@ from bench_util import (emit_json, load_sample_pair, machine_meta, ms_stats, n_p
                         time_interleaved)
 
 from fusion.inferencer import FusionInferencer  # noqa: E402
+from fusion.utils.cli import run_cli  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked, plain_arg  # noqa: E402
 from fusion.zoo import build_zoo_method, list_zoo_methods, load_zoo_entry, weights_path  # noqa: E402
 from fusion.zoo.profiling import count_flops  # noqa: E402
 
@@ -56,16 +58,20 @@ def bench_method(name: str, size, repeats: int, warmup: int, weights_dir) -> dic
             'max_abs_diff': diff, 'within_tolerance': diff <= TOLERANCE}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--methods', nargs='*', default=None, help='zoo methods (default: all entries)')
+    plain_arg(parser, '--methods', nargs='*', default=None, help='zoo methods (default: all entries)')
     parser.add_argument('--size', type=parse_size, default=(480, 640), help='H x W (default 480x640)')
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--warmup', type=int, default=1)
-    parser.add_argument('--weights-dir', default=None, help='load published weights from here where present')
-    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
-    parser.add_argument('--json', default=None, help='also write the JSON report here')
-    args = parser.parse_args(argv)
+    number_arg(parser, '--repeats', int, min=1, default=5)
+    number_arg(parser, '--warmup', int, min=0, default=1)
+    input_arg(parser, '--weights-dir', kind='dir', default=None, help='load published weights from here where present')
+    number_arg(parser, '--threads', int, min=1, default=None, help='torch CPU threads (default: torch\'s)')
+    output_arg(parser, '--json', kind='file', default=None, help='also write the JSON report here')
+    return parser
+
+
+def main(argv=None) -> int:
+    args = parse_checked(build_parser(), argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = args.methods or list_zoo_methods()[1:]
@@ -79,4 +85,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_cli(main)
