@@ -39,6 +39,27 @@ def to_uint8_saturate(x: np.ndarray) -> np.ndarray:
     return np.clip(matlab_round(np.asarray(x, dtype=np.float64)), 0, 255).astype(np.uint8)
 
 
+def uint8_image(img, name: str = 'image') -> np.ndarray:
+    """An image as a MATLAB toolbox holds it after ``imread``: uint8 H x W or H x W x 3 (RGB order,
+    leading 1-sized axes and alpha dropped); other arrays are taken as 0-255 values, rounded half
+    away from zero and saturated to uint8 (one place for both toolbox conventions)."""
+    from fusion.metrics.metric_util import _to_numpy
+    arr = _to_numpy(img, name)
+    while arr.ndim > 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., :3]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise ValueError(f'{name}: expected a grey H x W or colour H x W x 3 image, got shape {arr.shape}')
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind not in 'uif' or not np.isfinite(arr).all():
+            raise ValueError(f'{name}: expected finite 0-255 pixel values, got {arr.dtype}')
+        arr = to_uint8_saturate(arr)
+    return arr
+
+
 def rgb2gray(img: np.ndarray) -> np.ndarray:
     """MATLAB ``rgb2gray`` of an H x W x 3 RGB array. uint8 input: the weighted sum rounded and
     saturated to uint8 (imlincomb); float input: the weighted sum in float64, not rounded."""

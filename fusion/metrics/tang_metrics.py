@@ -21,8 +21,8 @@ import numpy as np
 from basicsr.utils.registry import METRIC_REGISTRY
 
 from fusion.metrics.matlab_util import (conv2_same, entropy_uint8, filter2_separable, gradient, im2double, rgb2gray,
-                                        to_uint8_saturate)
-from fusion.metrics.metric_util import _to_numpy, gaussian_kernel_1d
+                                        to_uint8_saturate, uint8_image)
+from fusion.metrics.metric_util import gaussian_kernel_1d
 
 
 __all__ = ['tang_gray', 'tang_en', 'tang_sd', 'tang_sf', 'tang_ag', 'tang_mi', 'tang_scd', 'tang_vif', 'tang_qabf',
@@ -33,22 +33,8 @@ def tang_gray(img: Any, name: str = 'image') -> np.ndarray:
     """An image as Tang's toolbox holds it: uint8 H x W (``imread``, then ``rgb2gray`` for 3 channels).
     uint8 arrays are taken as read (colour in RGB order); float/other arrays as 0-255 values, rounded
     half away from zero and saturated to uint8."""
-    arr = _to_numpy(img, name)
-    while arr.ndim > 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        if arr.dtype.kind not in 'uif' or not np.isfinite(arr).all():
-            raise ValueError(f'{name}: expected finite 0-255 pixel values, got {arr.dtype}')
-        arr = to_uint8_saturate(arr)
-    if arr.ndim == 3 and arr.shape[2] == 3:
-        arr = rgb2gray(arr)
-    if arr.ndim != 2:
-        raise ValueError(f'{name}: expected a grey H x W or colour H x W x 3 image, got shape {arr.shape}')
-    return arr
+    arr = uint8_image(img, name)
+    return rgb2gray(arr) if arr.ndim == 3 else arr
 
 
 def _triple(fused: Any, ir: Any, vis: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -23,8 +23,7 @@ import numpy as np
 from basicsr.utils.registry import METRIC_REGISTRY
 
 from fusion.metrics.matlab_util import (blkproc_sum, filter2, filter2_separable, freqspace_radius, fspecial_gaussian,
-                                        gradient, imfilter_replicate, matlab_round, rgb2gray, to_uint8_saturate)
-from fusion.metrics.metric_util import _to_numpy
+                                        gradient, imfilter_replicate, matlab_round, rgb2gray, uint8_image)
 from fusion.metrics.tang_metrics import xydeas_qabf
 
 
@@ -36,20 +35,7 @@ __all__ = ['vifb_image', 'vifb_avg_gradient', 'vifb_cross_entropy', 'vifb_edge_i
 def vifb_image(img: Any, name: str = 'image') -> np.ndarray:
     """An image as VIFB holds it after ``imread``: uint8 H x W or H x W x 3 (RGB); other arrays are
     taken as 0-255 values and rounded/saturated to uint8, alpha dropped."""
-    arr = _to_numpy(img, name)
-    while arr.ndim > 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr[..., :3]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
-        raise ValueError(f'{name}: expected a grey H x W or colour H x W x 3 image, got shape {arr.shape}')
-    if arr.dtype != np.uint8:
-        if arr.dtype.kind not in 'uif' or not np.isfinite(arr).all():
-            raise ValueError(f'{name}: expected finite 0-255 pixel values, got {arr.dtype}')
-        arr = to_uint8_saturate(arr)
-    return arr
+    return uint8_image(img, name)
 
 
 def _inputs(fused: Any, ir: Any, vis: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
