@@ -7,6 +7,7 @@ below (tiny arguments and a check per field). ``test_every_benchmark_is_document
 fails for a ``benchmark_*.py`` script without both, and for a documented field without a check.
 """
 import json
+import logging
 import math
 import os
 import os.path as osp
@@ -203,15 +204,26 @@ def values_at(report: Any, path: str) -> List[Tuple[str, Any]]:
     return found
 
 
+def _logging_handlers() -> Dict[Any, list]:
+    loggers = [logging.root] + [v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)]
+    return {lg: list(lg.handlers) for lg in loggers}
+
+
 def _run(script: str, args: List[str], monkeypatch, capsys) -> dict:
     monkeypatch.syspath_prepend(BENCHMARKS)  # where the scripts find bench_util
     monkeypatch.setattr(sys, 'argv', [script, *args])
     monkeypatch.setenv('OMP_NUM_THREADS', '1')  # also for the subprocesses some benchmarks start
+    handlers = _logging_handlers()
     with torch_threads(1):
         try:
             runpy.run_path(osp.join(BENCHMARKS, script), run_name='__main__')
         except SystemExit as exit_:
             assert not exit_.code, capsys.readouterr().err[-3000:]
+        finally:
+            # a benchmark's loggers write to this test's captured stderr, closed after it: later tests
+            # that log through the same loggers would hit "Logging error"
+            for lg in _logging_handlers():
+                lg.handlers = handlers.get(lg, [])
     out = capsys.readouterr().out
     return json.loads(out if out.startswith('{') else out[out.index('\n{') + 1:])
 
