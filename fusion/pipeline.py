@@ -43,7 +43,7 @@ def test_pipeline(root_path: str) -> None:
                            visualization=osp.join(results_root, 'visualization'))
     resolve_relative_paths(opt, root_path)
     check_option_paths(opt)
-    check_run_folders(opt)
+    check_run_folders(opt, args.opt)
     torch.backends.cudnn.benchmark = True
 
     make_exp_dirs(opt)

@@ -10,6 +10,8 @@ if ROOT not in sys.path:  # run from a checkout without installing
 import fusion  # noqa: E402,F401  (basicsr fixes + registries)
 from fusion.pipeline import train_pipeline  # noqa: E402
 from fusion.utils.cli import run_cli  # noqa: E402
+from fusion.utils.option_parser import build_parser  # noqa: E402,F401  (the arguments; tests/test_entry_io.py)
+from fusion.utils.options_util import option_paths  # noqa: E402,F401  (the option file's inputs and outputs)
 
 
 if __name__ == '__main__':

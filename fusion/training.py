@@ -25,12 +25,10 @@ import datetime
 import logging
 import math
 import os.path as osp
-import random
 import time
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
 
-import numpy as np
 import torch
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.data.data_sampler import EnlargedSampler
@@ -40,15 +38,16 @@ from basicsr.train import init_tb_loggers
 from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, make_exp_dirs,
                            mkdir_and_rename)
 from basicsr.utils.options import copy_opt_file, dict2str
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
 from fusion.utils.compat import load_resume_state
 from fusion.utils.dist_util import RankWait, destroy_dist
 from fusion.utils.option_parser import parse_options
-from fusion.utils.option_schema import Required, declare_check, declare_options
+from fusion.utils.option_schema import Range, Required, declare_check, declare_options
 from fusion.utils.options_util import check_option_paths, check_run_folders, resolve_relative_paths
 from fusion.utils.rng_util import restore_rng_state
 from fusion.utils.run_dirs import NewRunFolders
+from fusion.utils.seeded_samples import SeededSamples, sample_seed
 
 
 __all__ = ['train_pipeline', 'run_training', 'SeededSamples', 'ResumableSampler', 'sample_seed', 'LoopSchedule']
@@ -58,10 +57,12 @@ DEFAULT_VALIDATION_TIMEOUT = 6 * 3600
 
 # the options this loop reads (fusion.utils.option_schema; docs/options.md)
 declare_options({
-    'num_threads': 'int',
-    'train': Required({'total_iter': Required('int'), 'stop_at_iter': 'int', 'deterministic': 'bool'}),
-    'val': {'val_freq': 'int', 'save_img': 'bool'},
-    'logger': {'print_freq': 'int', 'save_checkpoint_freq': 'int', 'image_freq': 'int', 'use_tb_logger': 'bool',
+    'num_threads': Range('int', 1),
+    'train': Required({'total_iter': Required(Range('int', 1)), 'stop_at_iter': Range('int', 1),
+                       'deterministic': 'bool'}),
+    'val': {'val_freq': Range('int', 1), 'save_img': 'bool'},
+    'logger': {'print_freq': Range('int', 1), 'save_checkpoint_freq': Range('int', 1), 'image_freq': Range('int', 1),
+               'use_tb_logger': 'bool',
                'wandb': {'project': 'str', 'resume_id': 'str', 'entity': 'str'}},
     'path': {'ignore_resume_networks': 'str|list'},
 }, phase='train')
@@ -77,50 +78,6 @@ def _check_dataset_phases(opt: dict):
 
 
 declare_check(_check_dataset_phases, phase='train')
-
-
-def sample_seed(seed: int, epoch: int, position: int) -> int:
-    """A 32-bit seed for one sample, a pure function of its place in the run: ``position`` in the
-    epoch's global order (``rank + world_size x`` the rank's own position), not of the rank."""
-    # the 0 stands where a rank used to be: single-process runs keep their earlier data stream
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, epoch, 0, position]).generate_state(1)[0])
-
-
-class SeededSamples(Dataset):
-    """Wraps a dataset so that ``dataset[(index, seed)]`` runs ``base[index]`` with the python,
-    numpy and torch global RNGs seeded by ``seed`` (what random crops/flips use) and restores
-    the previous RNG states afterwards. Plain integer keys pass through."""
-
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
-        self.opt = getattr(base, 'opt', {})
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, key):
-        if not isinstance(key, tuple):
-            return self.base[key]
-        index, seed = key
-        # datasets with their own generators: a per-sample seed hook if they have one; else
-        # SAGEFusionDataset's set_epoch, whose stream is a function of (epoch value, worker id,
-        # draws since set_epoch, index): called per sample, the sample's stream depends on its
-        # seed only (and on the worker id, which is 0 with num_worker_per_gpu: 0)
-        hook = getattr(self.base, 'set_sample_seed', None)
-        if hook is None:
-            hook = getattr(self.base, 'set_epoch', None)
-        if hook is not None:
-            hook(seed)
-        states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        try:
-            return self.base[index]
-        finally:
-            random.setstate(states[0])
-            np.random.set_state(states[1])
-            torch.set_rng_state(states[2])
 
 
 class ResumableSampler(Sampler):
@@ -474,7 +431,7 @@ def train_pipeline(root_path: str) -> None:
     opt['root_path'] = root_path
     resolve_relative_paths(opt, root_path)
     check_option_paths(opt)
-    check_run_folders(opt)
+    check_run_folders(opt, args.opt)
     # a run that fails before its first iteration leaves no experiment / tb_logger folder behind
     folders = NewRunFolders([opt['path']['experiments_root'], osp.join(root_path, 'tb_logger', opt['name'])]
                             if opt['rank'] == 0 else [])  # rank 0 creates them

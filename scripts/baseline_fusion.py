@@ -18,19 +18,22 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
 from fusion.metrics.baselines import BASELINES  # noqa: E402
 from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
-from fusion.utils.file_util import check_output_location  # noqa: E402
+from fusion.utils.entry_io import output_arg, parse_checked  # noqa: E402
 from fusion.utils.img_util import ImageReadError, check_same_size, imwrite_atomic, list_pairs, read_gray  # noqa: E402
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pair_arguments(parser)
-    parser.add_argument('--out', required=True, help='output folder; one sub-folder per baseline')
+    output_arg(parser, '--out', kind='dir', required=True, help='output folder; one sub-folder per baseline')
     parser.add_argument('--mode', nargs='+', default=sorted(BASELINES), choices=sorted(BASELINES),
                         help='baselines to write (default: both)')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = parse_checked(build_parser(), argv)
     try:
-        check_output_location(args.out, [('--ir', args.ir), ('--vis', args.vis)], what='--out')
         pairs = list_pairs(args.ir, args.vis)
         for pair in tqdm(pairs, desc='baselines', unit='img'):
             ir, vis = read_gray(pair['ir_path']), read_gray(pair['vis_path'])

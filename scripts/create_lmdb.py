@@ -19,19 +19,21 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from fusion.data.lmdb_images import create_image_lmdbs  # noqa: E402
 from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
-from fusion.utils.file_util import check_output_location  # noqa: E402
+from fusion.utils.entry_io import number_arg, output_arg, parse_checked  # noqa: E402
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pair_arguments(p, label='folder of label images (optional)')
-    p.add_argument('--out', required=True, help='folder receiving ir.lmdb, vis.lmdb, label.lmdb')
-    p.add_argument('--workers', type=int, default=0, help='processes reading/validating files (0: in this process)')
+    output_arg(p, '--out', kind='dir', required=True, help='folder receiving ir.lmdb, vis.lmdb, label.lmdb')
+    number_arg(p, '--workers', int, min=0, default=0, help='processes reading/validating files (0: in this process)')
     p.add_argument('--overwrite', action='store_true')
     p.add_argument('--quiet', action='store_true')
-    args = p.parse_args()
-    check_output_location(args.out, [('--ir', args.ir), ('--vis', args.vis), ('--label', args.label or '')],
-                          what='--out')
+    return p
+
+
+def main(argv=None) -> None:
+    args = parse_checked(build_parser(), argv)
     summary = create_image_lmdbs(args.ir, args.vis, args.out, label_dir=args.label, workers=args.workers,
                                  overwrite=args.overwrite, progress=not args.quiet)
     print(json.dumps(summary, indent=1))

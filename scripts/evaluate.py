@@ -32,7 +32,7 @@ from fusion.metrics.evaluation import comparison_grid, evaluate_folders, format_
 from fusion.metrics.fusion_metrics import ALL_METRICS, DEFAULT_METRICS  # noqa: E402
 from fusion.metrics.metric_util import keep_freed_memory  # noqa: E402
 from fusion.utils.cli import add_pair_arguments, parse_named_folders, run_cli  # noqa: E402
-from fusion.utils.file_util import check_output_location  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked, plain_arg  # noqa: E402
 from fusion.utils.img_util import ImageReadError, imwrite_atomic  # noqa: E402
 
 
@@ -42,14 +42,17 @@ def _parse_metric_list(values: Optional[List[str]]) -> Optional[List[str]]:
     return [v for item in values for v in item.replace(',', ' ').split() if v]
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pair_arguments(parser)
-    parser.add_argument('--fused', nargs='*', default=[], metavar='NAME=DIR', help='fused results of each method')
+    input_arg(parser, '--fused', kind='named_dirs', nargs='*', default=[], metavar='NAME=DIR',
+              help='fused results of each method')
     parser.add_argument('--baseline', nargs='*', default=[], choices=sorted(BASELINES),
                         help='add pixel mean / max fusions as reference methods')
-    parser.add_argument('--out', default='results/evaluation', help='output folder (default: results/evaluation)')
-    parser.add_argument('--json', default=None, help='JSON path (default: OUT/metrics.json)')
+    output_arg(parser, '--out', kind='dir', default='results/evaluation',
+               help='output folder (default: results/evaluation)')
+    output_arg(parser, '--json', kind='file', default=None, default_in=('out', 'metrics.json'),
+               help='JSON path (default: OUT/metrics.json)')
     parser.add_argument('--convention', default=DEFAULT_CONVENTION, choices=sorted(CONVENTIONS),
                         help='metric toolbox to reproduce: cddfuse (default), tang, vifb (see docs/metrics.md)')
     parser.add_argument('--metrics', nargs='*', default=None,
@@ -58,30 +61,41 @@ def main(argv=None) -> int:
                              f'extra: {" ".join(m for m in ALL_METRICS if m not in DEFAULT_METRICS)}; tang: '
                              f'{" ".join(get_convention("tang").default_metrics)}; vifb: '
                              f'{" ".join(get_convention("vifb").default_metrics)})')
-    parser.add_argument('--skip', nargs='*', default=[], help='metrics to leave out, e.g. --skip fmi (the slowest)')
+    plain_arg(parser, '--skip', nargs='*', default=[], help='metrics to leave out, e.g. --skip fmi (the slowest)')
     parser.add_argument('--fmi-feature', default='none', choices=['none', 'dct'],
                         help='FMI feature (default: none; cddfuse only)')
-    parser.add_argument('--ssim-data-range', type=float, default=2.0,
-                        help='SSIM data_range (default 2.0 = CDDFuse; 255 gives conventional values; cddfuse only)')
-    parser.add_argument('--psnr-peak', type=float, default=None,
-                        help='PSNR peak (default: max of the fused image; cddfuse only)')
-    parser.add_argument('--grid-images', type=int, default=4, help='pairs shown in comparison.png (0: no picture)')
-    parser.add_argument('--workers', type=int, default=1, help='processes computing metrics in parallel')
+    number_arg(parser, '--ssim-data-range', float, min=0, open_min=True, default=2.0,
+               help='SSIM data_range (default 2.0 = CDDFuse; 255 gives conventional values; cddfuse only)')
+    number_arg(parser, '--psnr-peak', float, min=0, open_min=True, default=None,
+               help='PSNR peak (default: max of the fused image; cddfuse only)')
+    number_arg(parser, '--grid-images', int, min=0, default=4, help='pairs shown in comparison.png (0: no picture)')
+    number_arg(parser, '--workers', int, min=1, default=1, help='processes computing metrics in parallel')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
-    args = parser.parse_args(argv)
-    keep_freed_memory()  # image-sized temporaries: ~40 % faster on machines with costly page faults
+    return parser
 
+
+def _selected_metrics(args) -> List[str]:
+    """The metrics to compute: ``--metrics`` (default: all of the convention) less ``--skip``;
+    nothing left is an error."""
+    convention = get_convention(args.convention)
+    metrics = convention.resolve(_parse_metric_list(args.metrics))
+    skip = {m.lower() for m in _parse_metric_list(args.skip) or []}
+    unknown = sorted(skip - {m.lower() for m in convention.all_metrics})
+    if unknown:
+        raise ValueError(f'--skip: unknown metric(s) {unknown} for convention {convention.name}')
+    metrics = [m for m in metrics if m.lower() not in skip]
+    if not metrics:
+        raise ValueError('--metrics / --skip: no metric left to compute')
+    return metrics
+
+
+def main(argv=None) -> int:
+    args = parse_checked(build_parser(), argv)
+    keep_freed_memory()  # image-sized temporaries: ~40 % faster on machines with costly page faults
     try:
+        metrics = _selected_metrics(args)
         methods = parse_named_folders(args.fused)
-        check_output_location(args.out, [('--ir', args.ir), ('--vis', args.vis)]
-                              + [(f'--fused {name}', folder) for name, folder in methods.items()], what='--out')
         convention = get_convention(args.convention)
-        metrics = convention.resolve(_parse_metric_list(args.metrics))
-        skip = {m.lower() for m in _parse_metric_list(args.skip) or []}
-        unknown = sorted(skip - {m.lower() for m in convention.all_metrics})
-        if unknown:
-            raise ValueError(f'--skip: unknown metric(s) {unknown} for convention {convention.name}')
-        metrics = [m for m in metrics if m.lower() not in skip]
         if convention.name != DEFAULT_CONVENTION and (args.psnr_peak is not None or args.ssim_data_range != 2.0
                                                       or args.fmi_feature != 'none'):
             raise ValueError(f'--psnr-peak, --ssim-data-range and --fmi-feature apply to --convention '
@@ -94,7 +108,6 @@ def main(argv=None) -> int:
     except (ImageReadError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-
     print(f'\n{len(result.images)} images, {len(result.methods)} methods, convention {result.convention} '
           '(* = best per metric)\n')
     print(format_table(result))

@@ -28,36 +28,42 @@ import fusion  # noqa: E402,F401  (basicsr fixes + registries)
 from fusion.data.segmentation_dataset import find_images, read_label, read_name_list  # noqa: E402
 from fusion.segmentation.config import available, load_dataset_info, load_preset  # noqa: E402
 from fusion.segmentation.protocol import (BASELINE_KINDS, FIXED_UNIT, SegmentationInputs,  # noqa: E402
-                                          check_method_name, picture_names, prepare_baselines, run_protocol,
-                                          split_names)
+                                          baseline_sources, check_method_name, picture_names, prepare_baselines,
+                                          run_protocol, split_names, total_iterations)
 from fusion.segmentation.report import format_table, prediction_grid, summarize, write_reports  # noqa: E402
 from fusion.utils.cli import INPUT_ERRORS, add_pair_arguments, parse_named_folders, run_cli  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked  # noqa: E402
+from fusion.utils.file_util import check_output_location  # noqa: E402
 from fusion.utils.img_util import imwrite_atomic  # noqa: E402
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pair_arguments(parser)
-    parser.add_argument('--label', required=True, help='folder of label maps (class ids), same base names')
-    parser.add_argument('--fused', nargs='*', default=[], metavar='NAME=DIR', help='fused images of each method')
+    input_arg(parser, '--label', kind='dir', required=True, help='folder of label maps (class ids), same base names')
+    input_arg(parser, '--fused', kind='named_dirs', nargs='*', default=[], metavar='NAME=DIR',
+              help='fused images of each method')
     parser.add_argument('--baseline', nargs='*', default=[], choices=BASELINE_KINDS,
                         help='reference methods: ir, vis (the sources alone), mean, max (pixel fusions), '
                              'label (the label map painted in the palette: a control that must score high)')
-    parser.add_argument('--train-list', help='file of training pair names (one per line)')
-    parser.add_argument('--test-list', help='file of test pair names')
-    parser.add_argument('--split', type=float, help='random split: this fraction of the labelled pairs trains')
-    parser.add_argument('--split-seed', type=int, default=0, help='seed of --split (default 0)')
-    parser.add_argument('--preset', required=True,
-                        help=f'{" | ".join(available("preset"))} or a preset .yml (options/segmentation)')
-    parser.add_argument('--dataset', default='mfnet',
-                        help=f'class names and palette: {" | ".join(available("dataset"))} or a .yml (default mfnet)')
-    parser.add_argument('--seeds', type=int, help='number of seeds 0..N-1 (default: the preset\'s)')
-    parser.add_argument('--fixed-segmenter', metavar='PATH',
-                        help='apply this segmenter checkpoint (the preset\'s network) to every method, no training')
-    parser.add_argument('--out', required=True, help='output folder (resumable: finished units are kept)')
-    parser.add_argument('--json', help='JSON path (default: OUT/segmentation.json)')
-    parser.add_argument('--grid-images', type=int, default=4, help='test images in predictions.jpg (0: none)')
-    parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s choice)')
+    input_arg(parser, '--train-list', kind='file', help='file of training pair names (one per line)')
+    input_arg(parser, '--test-list', kind='file', help='file of test pair names')
+    number_arg(parser, '--split', float, min=0, max=1, open_min=True, open_max=True,
+               help='random split: this fraction of the labelled pairs trains')
+    number_arg(parser, '--split-seed', int, min=0, default=0, help='seed of --split (default 0)')
+    input_arg(parser, '--preset', kind='file', required=True,
+              help=f'{" | ".join(available("preset"))} or a preset .yml (options/segmentation)')
+    input_arg(parser, '--dataset', kind='file', default='mfnet',
+              help=f'class names and palette: {" | ".join(available("dataset"))} or a .yml (default mfnet)')
+    number_arg(parser, '--seeds', int, min=1, help='number of seeds 0..N-1 (default: the preset\'s)')
+    input_arg(parser, '--fixed-segmenter', kind='file', metavar='PATH',
+              help='apply this segmenter checkpoint (the preset\'s network) to every method, no training')
+    output_arg(parser, '--out', kind='dir', required=True,
+               help='output folder (resumable: finished units are kept)')
+    output_arg(parser, '--json', kind='file', default_in=('out', 'segmentation.json'),
+               help='JSON path (default: OUT/segmentation.json)')
+    number_arg(parser, '--grid-images', int, min=0, default=4, help='test images in predictions.jpg (0: none)')
+    number_arg(parser, '--threads', int, min=1, help='torch CPU threads (default: torch\'s choice)')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
     return parser
 
@@ -81,7 +87,7 @@ def _names(args) -> tuple:
 
 
 def main(argv=None) -> int:
-    args = _build_parser().parse_args(argv)
+    args = parse_checked(build_parser(), argv)
     log = logging.getLogger('basicsr')
     level = log.level
     log.setLevel(logging.WARNING)  # per-unit network summaries would drown the progress bars
@@ -106,6 +112,11 @@ def _compare(args) -> int:
         raise ValueError(f'method name(s) {clash} clash with baselines of the same name')
     if args.fixed_segmenter and not osp.isfile(args.fixed_segmenter):
         raise FileNotFoundError(f'--fixed-segmenter: no such file: {args.fixed_segmenter}')
+    inputs_given = [('--ir', args.ir), ('--vis', args.vis), ('--label', args.label)]
+    inputs_given += [(f'--fused {name}', folder) for name, folder in methods.items()]
+    check_output_location(args.out, inputs_given, what='--out')
+    if args.json:
+        check_output_location(args.json, inputs_given, what='--json', is_file=True)
     train, test = _names(args)
     fixed = args.fixed_segmenter is not None
     train = [] if fixed else train
@@ -122,13 +133,14 @@ def _compare(args) -> int:
     weights = preset['network'].get('encoder_weights')
     print(f'{len(train)} training / {len(test)} test pairs; preset {osp.basename(preset["_path"])}: '
           f'{preset["network"].get("arch")}/{preset["network"].get("encoder_name")} at {preset["size"][0]}x'
-          f'{preset["size"][1]}, {preset["epochs"]} epochs; '
+          f'{preset["size"][1]}, {total_iterations(preset, len(train))} iterations; '
           + ('fixed segmenter ' + args.fixed_segmenter if fixed else f'seeds {seeds}') + '; encoder '
           + (f'weights from {weights}' if weights else 'randomly initialised (no encoder_weights in the preset)'))
     baselines = prepare_baselines(args.baseline, args.ir, args.vis, args.label, names, osp.join(args.out, 'baselines'),
                                   info, progress=not args.quiet)
     all_methods = dict(methods, **baselines)
-    inputs = SegmentationInputs(args.ir, args.vis, args.label, all_methods, train, test)
+    inputs = SegmentationInputs(args.ir, args.vis, args.label, all_methods, train, test,
+                                made_from=baseline_sources(args.baseline, args.ir, args.vis, args.label))
     picture = picture_names(args.label, test, info, args.grid_images)
 
     def progress(total: int, desc: str):
@@ -136,7 +148,7 @@ def _compare(args) -> int:
     result = run_protocol(inputs, preset, info, seeds, args.out, fixed_checkpoint=args.fixed_segmenter,
                           picture=picture, progress=progress)
     extra = {'preset': osp.basename(preset['_path']), 'dataset': info['name'], 'train_pairs': len(train),
-             'test_pairs': len(test), 'reused_units': result.reused,
+             'test_pairs': len(test), 'reused_units': result.reused, 'rerun_units': dict(result.rerun),
              'unit_seconds': {m: {u: round(s, 1) for u, s in units.items()} for m, units in result.seconds.items()}}
     if fixed:
         extra['fixed_segmenter'] = osp.abspath(args.fixed_segmenter)

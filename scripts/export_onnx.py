@@ -39,13 +39,14 @@ import fusion  # noqa: E402,F401  (basicsr fixes + registries)
 from fusion.inference import DEFAULT_MODEL, load_student  # noqa: E402
 from fusion.onnx_export import ONNX_MODES, export_student_onnx  # noqa: E402
 from fusion.utils.cli import run_cli  # noqa: E402
-from fusion.utils.file_util import check_output_location  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked  # noqa: E402
 from fusion.utils.img_util import ImageReadError, fused_to_image, read_image, read_ir, read_vis_ycrcb  # noqa: E402
 
 
 SAMPLE_VIS = osp.join(ROOT, 'datasets', 'M3FD', 'vi', '00000.png')
 SAMPLE_IR = osp.join(ROOT, 'datasets', 'M3FD', 'ir', '00000.png')
 TOLERANCE = {'y': 1e-4, 'rgb8': 1}
+MIN_OPSET, MAX_OPSET = 7, 20  # the opsets of torch.onnx.export(dynamo=False) (torch.onnx._constants)
 
 
 def check_with_onnxruntime(onnx_path: str, student: torch.nn.Module, mode: str, vis_path: str, ir_path: str,
@@ -83,18 +84,22 @@ def check_with_onnxruntime(onnx_path: str, student: torch.nn.Module, mode: str, 
             'size': [h, w], 'ok': int(diff.max()) <= TOLERANCE['rgb8']}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--output', required=True, help='the .onnx file to write')
-    parser.add_argument('--checkpoint', default=DEFAULT_MODEL, help='student weights (default: the released ones)')
+    output_arg(parser, '--output', kind='file', required=True, help='the .onnx file to write')
+    input_arg(parser, '--checkpoint', kind='file', default=DEFAULT_MODEL,
+              help='student weights (default: the released ones)')
     parser.add_argument('--mode', default='y', choices=ONNX_MODES, help='y (default) or rgb8, see above')
-    parser.add_argument('--opset', type=int, default=17, help='ONNX opset (default 17)')
+    number_arg(parser, '--opset', int, min=MIN_OPSET, max=MAX_OPSET, default=17, help='ONNX opset (default 17)')
     parser.add_argument('--check', action='store_true', help='compare with PyTorch through onnxruntime')
-    parser.add_argument('--check-vis', default=SAMPLE_VIS, help='visible image for --check')
-    parser.add_argument('--check-ir', default=SAMPLE_IR, help='infrared image for --check')
-    args = parser.parse_args(argv)
+    input_arg(parser, '--check-vis', kind='file', default=SAMPLE_VIS, help='visible image for --check')
+    input_arg(parser, '--check-ir', kind='file', default=SAMPLE_IR, help='infrared image for --check')
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_checked(build_parser(), argv)
     try:
-        check_output_location(args.output, [('--checkpoint', args.checkpoint)], what='--output', is_file=True)
         student = load_student(args.checkpoint)
         export_student_onnx(student, args.output, mode=args.mode, opset=args.opset)
     except (FileNotFoundError, ValueError, RuntimeError) as err:

@@ -20,22 +20,26 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from fusion.data.subimages import extract_subimages  # noqa: E402
 from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
-from fusion.utils.file_util import check_output_location  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked  # noqa: E402
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pair_arguments(p, label='folder of label images (optional)')
-    p.add_argument('--mask-cache', help='mask cache of the full images (crops it too)')
-    p.add_argument('--out', required=True)
-    p.add_argument('--crop-size', type=int, nargs='+', required=True, help='H [W] of the sub-images')
-    p.add_argument('--step', type=int, nargs='+', required=True, help='H [W] stride between sub-images')
-    p.add_argument('--thresh-size', type=int, default=0, help='border remainders larger than this get a crop')
-    p.add_argument('--workers', type=int, default=0, help='processes (0: in this process)')
+    input_arg(p, '--mask-cache', kind='dir', help='mask cache of the full images (crops it too)')
+    output_arg(p, '--out', kind='dir', required=True, help='output folder (ir/, vis/, label/, mask cache)')
+    number_arg(p, '--crop-size', int, min=1, nargs='+', required=True, help='H [W] of the sub-images')
+    number_arg(p, '--step', int, min=1, nargs='+', required=True, help='H [W] stride between sub-images')
+    number_arg(p, '--thresh-size', int, min=0, default=0, help='border remainders larger than this get a crop')
+    number_arg(p, '--workers', int, min=0, default=0, help='processes (0: in this process)')
     p.add_argument('--quiet', action='store_true')
-    args = p.parse_args()
-    check_output_location(args.out, [('--ir', args.ir), ('--vis', args.vis), ('--label', args.label or ''),
-                                     ('--mask-cache', args.mask_cache or '')], what='--out')
+    return p
+
+
+def main(argv=None) -> None:
+    args = parse_checked(build_parser(), argv)
+    if len(args.crop_size) > 2 or len(args.step) > 2:
+        raise ValueError('--crop-size and --step take H [W]: one or two numbers')
     summary = extract_subimages(args.ir, args.vis, args.out, args.crop_size, args.step, args.thresh_size,
                                 label_dir=args.label, mask_cache=args.mask_cache, workers=args.workers,
                                 progress=not args.quiet)

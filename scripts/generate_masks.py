@@ -40,6 +40,7 @@ from fusion.data.mask_shards import generate_mask_shard, merge_mask_shards  # no
 from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
 from fusion.utils.dist_util import (all_gather_objects, barrier, destroy_dist, get_dist_info, init_dist,  # noqa: E402
                                     parse_shard)
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked, plain_arg  # noqa: E402
 
 
 SAM_FLAGS = ('points_per_side', 'points_per_batch', 'pred_iou_thresh', 'stability_score_thresh',
@@ -61,20 +62,30 @@ def parse_sets(items, flag):
     return out
 
 
-def main() -> None:
+# valid ranges of the SAM flags: (type, min, max, open_max)
+SAM_RANGES = {'points_per_side': (int, 1, None, False), 'points_per_batch': (int, 1, None, False),
+              'pred_iou_thresh': (float, 0, 1, False), 'stability_score_thresh': (float, 0, 1, False),
+              'stability_score_offset': (float, 0, None, False), 'box_nms_thresh': (float, 0, 1, False),
+              'crop_n_layers': (int, 0, None, False), 'crop_nms_thresh': (float, 0, 1, False),
+              'crop_overlap_ratio': (float, 0, 1, True), 'crop_n_points_downscale_factor': (int, 1, None, False),
+              'min_mask_region_area': (int, 0, None, False)}
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pair_arguments(p, label='folder of label images (needed by --source label; else only size-checked)',
                        required=False)
-    p.add_argument('--out', required=True, help='mask cache to create or resume (an LMDB folder, e.g. masks.lmdb)')
+    output_arg(p, '--out', kind='dir', also=('{}.shards',), required=True,
+               help='mask cache to create or resume (an LMDB folder, e.g. masks.lmdb)')
     p.add_argument('--source', default='sam', choices=['sam', 'label', 'random_crop', 'superpixel'])
-    p.add_argument('--max-masks', type=int, default=8, help='K: masks kept per modality, largest first (default 8)')
+    number_arg(p, '--max-masks', int, min=1, default=8, help='K: masks kept per modality, largest first (default 8)')
     sam = p.add_argument_group('SAM (defaults: the official SAGE settings)')
-    sam.add_argument('--checkpoint', help='SAM checkpoint file (e.g. sam_vit_b_01ec64.pth)')
-    sam.add_argument('--model-type', default='vit_b', help='vit_b | vit_l | vit_h (tiny: test model)')
+    input_arg(sam, '--checkpoint', kind='file', help='SAM checkpoint file (e.g. sam_vit_b_01ec64.pth)')
+    plain_arg(sam, '--model-type', default='vit_b', help='vit_b | vit_l | vit_h (tiny: test model)')
     sam.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
     for flag in SAM_FLAGS:
-        sam.add_argument('--' + flag.replace('_', '-'), type=float if 'thresh' in flag or 'ratio' in flag or
-                         'offset' in flag else int, default=None)
+        type_, low, high, open_max = SAM_RANGES[flag]
+        number_arg(sam, '--' + flag.replace('_', '-'), type_, min=low, max=high, open_max=open_max, default=None)
     p.add_argument('--set', action='append', metavar='KEY=VALUE', help='any option of the source (repeatable)')
     p.add_argument('--no-fallback', action='store_true', help='fail instead of using superpixels without a checkpoint')
     p.add_argument('--fallback-set', action='append', metavar='KEY=VALUE', help='options of the superpixel fallback')
@@ -82,14 +93,19 @@ def main() -> None:
     p.add_argument('--no-verify-existing', action='store_true',
                    help='when resuming, do not re-read finished images to check they are unchanged')
     p.add_argument('--names', help='comma-separated base names to process (default: all pairs)')
-    p.add_argument('--workers', type=int, default=0, help='processes for CPU sources (0: in this process)')
+    number_arg(p, '--workers', int, min=0, default=0, help='processes for CPU sources (0: in this process)')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
-    p.add_argument('--shard', metavar='I/N', help='generate only shard I of N (0 <= I < N; job arrays) into '
-                   '<out>.shards/; merge with --merge-shards N once all are done. Under torchrun: automatic')
-    p.add_argument('--merge-shards', type=int, metavar='N', help='merge the N finished shards of --out into --out '
-                   '(then delete them); needs no --ir/--vis')
+    plain_arg(p, '--shard', metavar='I/N', help='generate only shard I of N (0 <= I < N; job arrays) into '
+              '<out>.shards/; merge with --merge-shards N once all are done. Under torchrun: automatic')
+    number_arg(p, '--merge-shards', int, min=1, metavar='N', help='merge the N finished shards of --out into --out '
+               '(then delete them); needs no --ir/--vis')
     p.add_argument('--keep-shards', action='store_true', help='keep the shard caches after merging')
-    args = p.parse_args()
+    return p
+
+
+def main(argv=None) -> None:
+    p = build_parser()
+    args = parse_checked(p, argv)
     if args.merge_shards is not None:
         print(json.dumps(merge_mask_shards(args.out, args.merge_shards, remove=not args.keep_shards), indent=1))
         return

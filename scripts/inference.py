@@ -17,34 +17,40 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
 from fusion.inference import DEFAULT_MODEL, fuse_folders, load_student  # noqa: E402
 from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked, plain_arg  # noqa: E402
 from fusion.utils.file_util import check_output_location  # noqa: E402
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pair_arguments(parser)
-    parser.add_argument('--output', required=True, help='folder for the fused images')
-    parser.add_argument('--model', default=DEFAULT_MODEL, help='student checkpoint (default: the released one)')
-    parser.add_argument('--param-key', default=None,
-                        help='params | params_ema for our checkpoints (default: params, or the plain state dict); '
-                             'a key the checkpoint lacks is an error')
+    output_arg(parser, '--output', kind='dir', required=True, help='folder for the fused images')
+    input_arg(parser, '--model', kind='file', default=DEFAULT_MODEL,
+              help='student checkpoint (default: the released one)')
+    plain_arg(parser, '--param-key', default=None,
+              help='params | params_ema for our checkpoints (default: params, or the plain state dict); '
+                   'a key the checkpoint lacks is an error')
     parser.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
-    parser.add_argument('--ext', default='png', help='output format: png (default), jpg, bmp, tif')
+    plain_arg(parser, '--ext', default='png', help='output format: png (default), jpg, bmp, tif')
     parser.add_argument('--plain', action='store_true', help='plain eval-mode network instead of the fast path')
     parser.add_argument('--precision', default='fp32', choices=['fp32', 'bf16', 'fp16'],
                         help='fp32 (default, exact) | bf16 (CPUs with AVX512-BF16/AMX, recent GPUs; ~55 dB PSNR '
                              'from fp32) | fp16 (CUDA only); see docs/mixed_precision.md')
-    parser.add_argument('--batch-size', type=int, default=4, help='pairs of equal size fused together')
-    parser.add_argument('--tile', type=int, default=None, help='tile size for images too large for memory')
-    parser.add_argument('--tile-overlap', type=int, default=None,
-                        help='overlap of neighbouring tiles (default: 3 x the network\'s tile margin, 96 for the '
-                             'SAGE student: equal to untiled within 1e-6)')
+    number_arg(parser, '--batch-size', int, min=1, default=4, help='pairs of equal size fused together')
+    number_arg(parser, '--tile', int, min=1, default=None, help='tile size for images too large for memory')
+    number_arg(parser, '--tile-overlap', int, min=0, default=None,
+               help='overlap of neighbouring tiles (default: 3 x the network\'s tile margin, 96 for the '
+                    'SAGE student: equal to untiled within 1e-6)')
     parser.add_argument('--register', action='store_true',
                         help='register the infrared images onto the visible ones first (docs/registration.md); '
                              'unsure pairs are left out')
-    parser.add_argument('--register-out', default=None,
-                        help='keep the registered pairs, report and pictures here (default: a temporary folder)')
-    args = parser.parse_args(argv)
+    output_arg(parser, '--register-out', kind='dir', default=None,
+               help='keep the registered pairs, report and pictures here (default: a temporary folder)')
+    return parser
+
+
+def main(argv=None) -> int:
+    args = parse_checked(build_parser(), argv)
     net = load_student(args.model, args.device, param_key=args.param_key)
     with registered_inputs(args) as (ir_dir, vis_dir):
         return _fuse(args, net, ir_dir, vis_dir)

@@ -17,6 +17,7 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 from fusion.registration import MODELS, RegistrationOptions, load_transform, register_folders  # noqa: E402
 from fusion.registration.estimate import REFINE_MODELS  # noqa: E402
 from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked  # noqa: E402
 
 
 def add_registration_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,11 +26,12 @@ def add_registration_arguments(parser: argparse.ArgumentParser) -> None:
                         help='similarity (default) | affine | homography (adds a refinement of the full model)')
     parser.add_argument('--refine', default=RegistrationOptions.refine_model, choices=REFINE_MODELS,
                         help='continuous refinement after the grid searches (default homography; none: off)')
-    parser.add_argument('--min-score', type=float, default=None,
-                        help=f'confidence threshold (default {RegistrationOptions.min_score})')
-    parser.add_argument('--fit-once', nargs='?', type=int, const=0, default=None, metavar='N',
-                        help='one transform for a fixed rig, fitted over all (or N sampled) pairs, applied to all')
-    parser.add_argument('--transform', default=None, help='apply this saved 3x3 transform (JSON "H" or 3 rows)')
+    number_arg(parser, '--min-score', float, default=None,
+               help=f'confidence threshold, a z score (default {RegistrationOptions.min_score})')
+    number_arg(parser, '--fit-once', int, min=0, nargs='?', const=0, default=None, metavar='N',
+               help='one transform for a fixed rig, fitted over all (or N sampled) pairs, applied to all')
+    input_arg(parser, '--transform', kind='file', default=None,
+              help='apply this saved 3x3 transform (JSON "H" or 3 rows)')
     parser.add_argument('--keep-unsure', action='store_true', help='write the unsure pairs too')
 
 
@@ -40,13 +42,18 @@ def options_from_args(args) -> RegistrationOptions:
     return RegistrationOptions(**kw)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pair_arguments(parser)
-    parser.add_argument('--out', required=True, help='output folder (ir/, vis/, check/, registration.json)')
-    parser.add_argument('--json', default=None, help='report path (default OUT/registration.json)')
+    output_arg(parser, '--out', kind='dir', required=True, help='output folder (ir/, vis/, check/, registration.json)')
+    output_arg(parser, '--json', kind='file', default=None, default_in=('out', 'registration.json'),
+               help='report path (default OUT/registration.json)')
     add_registration_arguments(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = parse_checked(build_parser(), argv)
     if args.fit_once is not None and args.transform:
         raise ValueError('--fit-once and --transform exclude each other')
     if args.fit_once is not None and args.fit_once < 0:

@@ -23,23 +23,28 @@ sys.path.insert(0, ROOT)
 from fusion.metrics.convention_check import check_convention, summary_markdown  # noqa: E402
 from fusion.metrics.metric_util import keep_freed_memory  # noqa: E402
 from fusion.utils.cli import run_cli  # noqa: E402
-from fusion.utils.file_util import atomic_write_bytes, check_output_location  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked  # noqa: E402
+from fusion.utils.file_util import atomic_write_bytes  # noqa: E402
 
 
 # convention -> (folder in the peers collection, reference CSV in it)
 CHECKS = {'tang': ('tno', 'tang_toolbox_values.csv'), 'vifb': ('vifb', 'vifb_toolbox_values.csv')}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--peers', default=osp.join(ROOT, osp.pardir, 'shared', 'peers'),
-                        help='the peers collection (default: ../shared/peers beside the repository)')
+    input_arg(parser, '--peers', kind='dir', default=osp.join(ROOT, osp.pardir, 'shared', 'peers'),
+              help='the peers collection (default: ../shared/peers beside the repository)')
     parser.add_argument('--conventions', nargs='*', default=list(CHECKS), choices=list(CHECKS),
                         help='conventions to check (default: all)')
-    parser.add_argument('--out', default=osp.join('results', 'verify_conventions'), help='output folder')
-    parser.add_argument('--workers', type=int, default=1, help='processes computing metrics in parallel')
+    output_arg(parser, '--out', kind='dir', default=osp.join('results', 'verify_conventions'), help='output folder')
+    number_arg(parser, '--workers', int, min=1, default=1, help='processes computing metrics in parallel')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = parse_checked(build_parser(), argv)  # --out against --peers, before any work
     keep_freed_memory()
     if not osp.isdir(args.peers):
         raise ValueError(f'--peers {args.peers}: no such folder (the peers collection with tno/ and vifb/; '
@@ -51,7 +56,6 @@ def main(argv=None) -> int:
         if not osp.isfile(csv_path):
             raise ValueError(f'--peers {args.peers}: {osp.join(folder, values)} is missing')
         sources[name] = (osp.join(args.peers, folder), csv_path)
-    check_output_location(args.out, [('--peers', args.peers)], what='--out')
 
     reports = {}
     for name, (root, csv_path) in sources.items():

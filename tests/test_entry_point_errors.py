@@ -127,6 +127,12 @@ def _cases(t, tag: str):
                  'network_g': {'type': 'SAGEStudent', 'dim': 32},
                  'path': {'pretrain_network_g': STUDENT_CKPT, 'results_root': str(t / 'results')},
                  'val': {'save_img': True, 'pbar': False}}
+    with open(osp.join(ROOT, 'options', 'segmentation', 'preset_cpu.yml')) as f:
+        preset = yaml.safe_load(f)
+    typo_preset = _set(preset, 'network.encoder_nme', 'resnet18')
+    typo_preset['network'].pop('encoder_name')
+    with open(osp.join(ROOT, 'options', 'seg_mfnet.yml')) as f:
+        seg_opt = yaml.safe_load(f)
     bad_yaml = t / 'syntax.yml'
     bad_yaml.write_text('name: x\nmodel_type: SAGEModel\ntrain:\n  total_iter: [3\n')
     exp_names = []
@@ -163,6 +169,10 @@ def _cases(t, tag: str):
         train('t_no_type', _set(base, 'network_t.type', KeyError), expect=['network_t.type: required option']),
         train('t_no_total', _set(base, 'train.total_iter', KeyError), expect=['train.total_iter: required option']),
         train('t_lr_word', _set(base, 'train.optim_g.lr', 'abc'), expect=["train.optim_g.lr: expected a number"]),
+        train('t_seg_ignore', _set(_set(seg_opt, 'name', f'{name}_seg'), 'datasets.val.ignore_index', 0),
+              expect=['ignore_index disagrees', 'datasets.val.ignore_index (0)', 'train.seg_loss.ignore_index (255)']),
+        train('t_seg_classes', _set(_set(seg_opt, 'name', f'{name}_seg2'), 'network_g.num_classes', 8),
+              expect=['number of classes disagrees', 'network_g.num_classes (8)']),
         train('t_patch_mode', _set(base, 'network_t.patch_mode', 'binary'),
               expect=['datasets.train.patch_mode', 'network_t.patch_mode', 'agree']),
         {'id': 't_yaml', 'script': TRAIN, 'args': ['-opt', str(bad_yaml)], 'expect': ['syntax.yml', 'YAML syntax']},
@@ -189,6 +199,9 @@ def _cases(t, tag: str):
         test('s_hidden_ok', _set(test_base, 'path.results_root', str(t / 'res_hidden')), expect='ok'),
     ]
     inf = 'inference.py'
+    seg = 'evaluate_segmentation.py'
+    seg_in = ['--ir', data / 'ir', '--vis', data / 'vi', '--label', data / 'label', '--baseline', 'vis', '--split',
+              0.5, '--quiet', '--preset', 'cpu']
     second = [
         script('i_out_is_ir', inf, ['--ir', data / 'ir', '--vis', data / 'vi', '--output', data / 'ir'],
                ['--output', 'is the input --ir']),
@@ -219,6 +232,19 @@ def _cases(t, tag: str):
                ['is the input --vis']),
         script('b_out_is_ir', 'baseline_fusion.py', ['--ir', data / 'ir', '--vis', data / 'vi', '--out', data / 'ir'],
                ['is the input --ir']),
+        script('seg_out_in_label', seg, seg_in + ['--out', data / 'label' / 'x'],
+               ['--out', 'inside the input --label']),
+        script('seg_out_is_fused', seg, seg_in + ['--fused', f'a={t / "tiny" / "vi"}', '--out', t / 'tiny' / 'vi'],
+               ['--out', 'is the input --fused a']),
+        script('seg_json_in_ir', seg, seg_in + ['--out', t / 'seg_out', '--json', data / 'ir' / 's.json'],
+               ['--json', 'inside the input --ir']),
+        script('seg_preset_typo', seg, seg_in[:-2] + ['--preset', _yml(t / 'typo_preset.yml', typo_preset), '--out',
+                                                      t / 'seg_out'],
+               ['typo_preset.yml', 'network.encoder_nme', 'did you mean encoder_name']),
+        script('seg_preset_type', seg, seg_in[:-2] + ['--preset', _yml(t / 'type_preset.yml',
+                                                                       _set(preset, 'batch_size', 'eight')),
+                                                      '--out', t / 'seg_out'],
+               ['type_preset.yml', 'batch_size: expected an integer']),
         script('o_out_is_ckpt', 'export_onnx.py', ['--output', t / 'ckpt_params.pth', '--checkpoint',
                                                    t / 'ckpt_params.pth'], ['is the input --checkpoint']),
     ]

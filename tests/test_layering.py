@@ -46,6 +46,14 @@ def test_utils_import_nothing_above_them():
         assert not above, f'{rel} imports {sorted(above)}'
 
 
+def test_segmentation_protocol_does_not_reach_into_the_training_loop():
+    """The protocol shares the seeded samples with the training loop through fusion.utils, not by
+    importing the loop's module."""
+    for path in glob.glob(osp.join(ROOT, 'fusion', 'segmentation', '*.py')):
+        rel = osp.relpath(path, ROOT)
+        assert 'fusion.training' not in _fusion_imports(rel), rel
+
+
 class _HalfNet(nn.Module):
     """A network with the deployment contract whose deploy form is recognisably different."""
     size_multiple = 2

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 
@@ -86,12 +87,13 @@ def test_yaml_route_trains_validates_resumes_tests_and_fixes_a_segmenter(tmp_pat
                          'results_root': str(tmp_path / 'results' / 'seg_test')},
                 'val': {'save_img': True, 'pbar': False, 'metrics': full['val']['metrics']}}
     log = _run('test', root, '-opt', _write(tmp_path, test_opt))
-    assert 'miou:' in log
+    test_miou = float(re.search(r'# miou: ([0-9.]+)', log).group(1))
+    test_iou = dict(re.findall(r'(\w+) ([0-9.]+|-)', log.split('per-class IoU: ')[-1].splitlines()[0]))
     assert len(glob.glob(str(tmp_path / 'results' / 'seg_test' / 'visualization' / 'MFNet_val' / '*.png'))) == 2
 
     # the fixed-segmenter protocol: that checkpoint applied to two "methods" without retraining
     preset = {'network': {k: v for k, v in full['network_g'].items() if k != 'num_classes'},
-              'size': [64, 96], 'epochs': 1, 'batch_size': 2, 'optim': {'type': 'AdamW', 'lr': 1e-3}, 'seeds': 1}
+              'size': [64, 96], 'iterations': 1, 'batch_size': 2, 'optim': {'type': 'AdamW', 'lr': 1e-3}, 'seeds': 1}
     preset_path = tmp_path / 'preset.yml'
     preset_path.write_text(yaml.safe_dump(preset))
     spec = importlib.util.spec_from_file_location('evaluate_segmentation', osp.join(ROOT, 'scripts',
@@ -106,5 +108,30 @@ def test_yaml_route_trains_validates_resumes_tests_and_fixes_a_segmenter(tmp_pat
     assert code == 0
     data = json.loads((out / 'segmentation.json').read_text())
     assert data['seeds'] == [] and data['fixed_segmenter'].endswith('net_g_latest.pth')
-    assert set(data['methods']) == {'vis', 'mean'} and all(m['miou_std'] == 0.0 for m in data['methods'].values())
+    assert set(data['methods']) == {'vis', 'mean'}
+    vis = data['methods']['vis']
+    # the same checkpoint on the same images and labels: the protocol's mIoU is fusion/test.py's
+    assert vis['units'] == 1 and vis['miou_std'] is None                      # one segmenter: no spread
+    assert abs(vis['miou'] - test_miou) < 6e-5, (vis['miou'], test_miou)
+    for name, iou in vis['per_class_iou'].items():
+        assert (iou is None) == (test_iou[name] == '-') and (iou is None or abs(iou - float(test_iou[name])) < 6e-4)
     assert not list((out / 'units' / 'vis').glob('seed*.json'))                 # nothing was trained
+
+
+def test_class_count_and_ignore_index_copies_must_agree():
+    """The loss reads train.seg_loss.ignore_index and the metric the validation dataset's: a
+    file where the copies differ is refused before any work (so are class counts that differ)."""
+    import fusion.training  # noqa: F401  (declares the training loop's keys)
+    from fusion.utils.option_schema import OptionError, validate_options
+    validate_options(_options('agree'), True, 'seg.yml')
+    opt = _options('ignore')
+    opt['train']['seg_loss']['ignore_index'] = 0
+    with pytest.raises(OptionError, match=r'ignore_index disagrees .*train\.seg_loss\.ignore_index \(0\)'):
+        validate_options(opt, True, 'seg.yml')
+    opt = _options('classes')
+    opt['datasets']['val']['classes'] = opt['datasets']['val']['classes'][:8]
+    with pytest.raises(OptionError, match=r'number of classes disagrees .*datasets\.val\.classes \(length\) \(8\)'):
+        validate_options(opt, True, 'seg.yml')
+    opt = _options('net')
+    del opt['network_g']['num_classes']                                       # SMPSegmenter's default: 9
+    validate_options(opt, True, 'seg.yml')

@@ -2,6 +2,7 @@
 the model of the downstream segmentation protocol (``docs/segmentation.md``)."""
 from __future__ import annotations
 
+import inspect
 import math
 import os.path as osp
 from collections import OrderedDict
@@ -80,6 +81,42 @@ class SegmentationModel(FusionBaseModel):
                   'no_decay_norm': 'bool', 'scheduler': Component('scheduler', default_type='WarmupPolyLR'),
                   'seg_loss': {'ignore_index': 'int', 'class_weight': 'list'}},
     }
+
+    @staticmethod
+    def check_options(opt: dict) -> Optional[str]:
+        """The class count and ``ignore_index`` appear in several places (each dataset, the network,
+        the loss); the loss reads ``train.seg_loss``, the metric the validation dataset: every copy
+        must agree (run by the option validator)."""
+        from basicsr.utils.registry import ARCH_REGISTRY
+
+        def counts(where: str, ds: dict):
+            yield f'{where}.num_classes', ds.get('num_classes')
+            for key in ('classes', 'palette'):
+                if isinstance(ds.get(key), list):
+                    yield f'{where}.{key} (length)', len(ds[key])
+
+        classes, ignores = [], []
+        for phase, ds in (opt.get('datasets') or {}).items():
+            if isinstance(ds, dict) and ds.get('type') == 'SegmentationDataset':
+                classes += list(counts(f'datasets.{phase}', ds))
+                ignores.append((f'datasets.{phase}.ignore_index', ds.get('ignore_index', 255)))
+        net = opt.get('network_g') or {}
+        if 'num_classes' in net:
+            classes.append(('network_g.num_classes', net['num_classes']))
+        elif net.get('type') in ARCH_REGISTRY:
+            param = inspect.signature(ARCH_REGISTRY.get(net['type'])).parameters.get('num_classes')
+            if param is not None and param.default is not inspect.Parameter.empty:
+                classes.append(('network_g.num_classes (default)', param.default))
+        if isinstance(opt.get('train'), dict):
+            loss = opt['train'].get('seg_loss') or {}
+            ignores.append(('train.seg_loss.ignore_index', loss.get('ignore_index', 255)))
+        for what, copies in (('the number of classes', classes), ('ignore_index', ignores)):
+            if what != 'ignore_index':  # ~ ignore_index is a value (nothing ignored); ~ num_classes is missing
+                copies = [(k, v) for k, v in copies if v is not None]
+            if len({v for _, v in copies}) > 1:
+                return (f'{what} disagrees between ' + ', '.join(f'{k} ({v})' for k, v in copies)
+                        + ': the network, the loss and the metric must read the same value')
+        return None
 
     def __init__(self, opt: dict) -> None:
         super().__init__(opt)

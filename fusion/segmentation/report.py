@@ -23,11 +23,12 @@ __all__ = ['summarize', 'format_table', 'write_reports', 'prediction_grid']
 
 
 def _mean_std(values: Sequence[float]) -> tuple:
-    """Mean and sample standard deviation (ddof 1; 0 for a single value) of the finite values."""
+    """Mean and sample standard deviation (ddof 1) of the finite values; the std is None (n/a)
+    for a single value: one seed says nothing about the spread."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
         return None, None
-    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else None
     return float(np.mean(finite)), std
 
 
@@ -37,8 +38,9 @@ def summarize(confusions: Mapping[str, Mapping[str, np.ndarray]], info: Mapping,
     "miou_std", "pixel_acc", "per_class_iou": {CLASS: float or null}, ...}}}``.
 
     Per unit (seed): scores of its confusion matrix over the whole test set; per method: mean and
-    sample std over its units. A class absent from a unit's labels and predictions has no IoU that
-    seed (left out of that seed's mIoU and of the class's mean; null if absent in every seed).
+    sample std over its finished units (``units``: how many; std ``null`` from fewer than two). A
+    class absent from a unit's labels and predictions has no IoU that seed (left out of that seed's
+    mIoU and of the class's mean; null if absent in every seed).
     """
     classes = list(info['classes'])
     out: Dict[str, Any] = {'classes': classes, 'seeds': [int(s) for s in seeds], 'methods': {}}
@@ -68,17 +70,20 @@ def _f(value: Optional[float], digits: int = 3) -> str:
 
 
 def _pm(mean: Optional[float], std: Optional[float]) -> str:
-    return '-' if mean is None else f'{mean:.3f} ± {std:.3f}'
+    if mean is None:
+        return '-'
+    return f'{mean:.3f} ± {std:.3f}' if std is not None else f'{mean:.3f} (std n/a)'
 
 
 def format_table(summary: Mapping[str, Any]) -> str:
-    """Markdown table: method, mIoU ± std, pixel accuracy, per-class IoU (means over seeds)."""
+    """Markdown table: method, mIoU ± std, finished units (seeds), pixel accuracy, per-class IoU
+    (means over the units)."""
     classes = summary['classes']
-    head = ['method', 'mIoU', 'pixel acc'] + classes
+    head = ['method', 'mIoU', 'seeds' if summary.get('seeds') else 'units', 'pixel acc'] + classes
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     ranked = sorted(summary['methods'].items(), key=lambda kv: -(kv[1]['miou'] or 0.0))
     for method, m in ranked:
-        row = [method, _pm(m['miou'], m['miou_std']), _pm(m['pixel_acc'], m['pixel_acc_std'])]
+        row = [method, _pm(m['miou'], m['miou_std']), str(m['units']), _pm(m['pixel_acc'], m['pixel_acc_std'])]
         row += [_f(m['per_class_iou'][c]) for c in classes]
         lines.append('| ' + ' | '.join(row) + ' |')
     return '\n'.join(lines)
@@ -100,7 +105,8 @@ def _markdown(summary: Mapping[str, Any], picture: Optional[str]) -> str:
     counted = 'all classes' if summary.get('include_background', True) else 'all classes but the background'
     lines = ['# Segmentation on fused images', '',
              f'mIoU over {counted}, from one confusion matrix over the whole test set; mean ± sample std over '
-             + (f'seeds {seeds}' if seeds else 'one fixed segmenter (no retraining)') + '. IoU in [0, 1]; '
+             + (f'the finished ones of seeds {seeds} ("seeds": how many; no std from one)' if seeds
+                else 'one fixed segmenter (no retraining, so no spread)') + '. IoU in [0, 1]; '
              '"-": class absent from the test labels and the predictions.', '', format_table(summary), '']
     pixels = summary.get('test_label_pixels')
     if pixels:

@@ -11,6 +11,7 @@ import os.path as osp
 import sys
 from typing import Callable, Dict, List, Optional, Tuple, Type
 
+from fusion.utils.entry_io import input_arg
 from fusion.utils.img_util import ImageReadError
 
 
@@ -47,13 +48,13 @@ def run_cli(main: Callable[[], Optional[int]], errors: Tuple[Type[BaseException]
 
 
 def add_pair_arguments(parser, label: Optional[str] = None, required: bool = True) -> None:
-    """The ``--ir`` / ``--vis`` (and optionally ``--label``) folder arguments every data script takes;
-    ``label`` is the help text of ``--label`` (None: no such argument); ``required=False`` for a
-    script with a mode that needs no images (it checks them itself)."""
-    parser.add_argument('--ir', required=required, help='folder of infrared images')
-    parser.add_argument('--vis', required=required, help='folder of visible images (same base names)')
+    """The ``--ir`` / ``--vis`` (and optionally ``--label``) folder arguments every data script takes
+    (inputs, fusion.utils.entry_io); ``label`` is the help text of ``--label`` (None: no such
+    argument); ``required=False`` for a script with a mode that needs no images (it checks them itself)."""
+    input_arg(parser, '--ir', kind='dir', required=required, help='folder of infrared images')
+    input_arg(parser, '--vis', kind='dir', required=required, help='folder of visible images (same base names)')
     if label is not None:
-        parser.add_argument('--label', help=label)
+        input_arg(parser, '--label', kind='dir', help=label)
 
 
 def parse_named_folders(items: List[str], option: str = '--fused',

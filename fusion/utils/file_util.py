@@ -1,4 +1,5 @@
-"""Atomic file writes (a file under its final name is always complete) and output-location checks.
+"""Atomic file writes (a file under its final name is always complete), output-location checks, and
+content digests of files (what a resumed run compares to know its inputs are unchanged).
 
 Temporary files are named ``.tmp_<pid>_*`` beside their target; readers skip hidden files, and
 the first atomic write of a process into a folder removes the temporary files that runs which
@@ -6,11 +7,12 @@ are no longer alive left there (a run killed while writing).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import os.path as osp
 import re
 import tempfile
-from typing import Any, Callable, Iterable, Set, Tuple
+from typing import Any, Callable, Iterable, Mapping, Set, Tuple
 
 
 TMP_PREFIX = '.tmp_'
@@ -96,43 +98,32 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     _atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
-def _inside(path: str, folder: str) -> bool:
-    """``path`` is ``folder`` or lies inside it (real paths: symbolic links resolved)."""
-    path, folder = osp.realpath(path), osp.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def check_output_location(output: str, inputs: Iterable[Tuple[str, str]], what: str = '--output',
                           nested_inputs: bool = False, is_file: bool = False) -> None:
     """Fails (``ValueError`` naming the option) before any work when ``output`` is, or lies inside,
-    one of the ``(name, path)`` inputs (outputs would overwrite inputs), when ``nested_inputs`` and
-    an input lies inside ``output`` (a run folder that is moved aside or rewritten), when a folder
-    output is an existing file, or when it cannot be created or written (e.g. a read-only file
-    system). Creates nothing."""
-    for name, path in inputs:
-        if not path:
-            continue
-        if _inside(output, path):
-            same = osp.realpath(output) == osp.realpath(path)
-            raise ValueError(f'{what} {output} is {"the" if same else "inside the"} input {name} {path}: '
-                             'the outputs would overwrite or mix with the inputs; '
-                             'choose another output location')
-        if nested_inputs and _inside(path, output):
-            raise ValueError(f'{what} {output} holds the input {name} {path}: this run would move or overwrite it; '
-                             'choose another name or location')
-    if is_file:
-        if osp.isdir(output):
-            raise ValueError(f'{what} {output} is a folder, expected a file path')
-    elif osp.exists(output) and not osp.isdir(output):
-        raise ValueError(f'{what} {output} exists and is not a folder')
-    probe = osp.abspath(output)
-    while not osp.exists(probe):
-        parent = osp.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if osp.exists(probe) and probe != osp.abspath(output) and not osp.isdir(probe):
-        raise ValueError(f'{what} {output}: {probe} is a file, so the folder cannot be created')
-    target = probe if osp.isdir(probe) else osp.dirname(probe)
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise ValueError(f'{what} {output}: cannot write in {target} (permission denied or read-only file system)')
+    one of the ``(name, path)`` inputs, when ``nested_inputs`` and an input lies inside ``output``,
+    when it is of the wrong kind, or when it cannot be created or written. Creates nothing. The
+    one implementation is :func:`fusion.utils.entry_io.check_output_path` (entry points declare
+    their paths there); this keeps the older call for library functions."""
+    from fusion.utils.entry_io import check_output_path
+    check_output_path(what, output, 'file' if is_file else 'dir', [(n, p, 'dir') for n, p in inputs],
+                      holds=nested_inputs)
+
+
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def files_digest(files: Mapping[str, str]) -> str:
+    """One short digest of ``{name: path}``: every name, its file's base name, size and content
+    (changes when any file is added, removed, renamed or rewritten with other bytes)."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        path = files[name]
+        h.update(f'{name}\0{osp.basename(path)}\0{osp.getsize(path)}\0{file_sha256(path)}\n'.encode())
+    return h.hexdigest()[:16]

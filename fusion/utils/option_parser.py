@@ -26,7 +26,8 @@ from typing import Any, Tuple
 import torch
 import yaml
 
-from fusion.utils.option_schema import (Choice, Component, DictOf, OptionError, Required, declare_check,
+from fusion.utils.entry_io import input_arg, number_arg, parse_checked, plain_arg
+from fusion.utils.option_schema import (Choice, Component, DictOf, OptionError, Range, Required, declare_check,
                                         declare_options, validate_options)
 
 
@@ -35,18 +36,20 @@ declare_options({
     'name': Required('label'),
     'model_type': 'str',
     'num_gpu': 'int|str',
-    'manual_seed': 'int',
-    'scale': 'int',
+    'manual_seed': Range('int', 0),
+    'scale': Range('int', 1),
     # under --launcher pytorch (torchrun sets the address and port): the process group's backend
     # and timeout, and how long ranks wait for rank 0's validation (docs/distributed.md)
-    'dist_params': {'backend': Choice('nccl', 'gloo'), 'timeout': 'number', 'validation_timeout': 'number'},
+    'dist_params': {'backend': Choice('nccl', 'gloo'), 'timeout': Range('number', 0, open_min=True),
+                    'validation_timeout': Range('number', 0, open_min=True)},
     'find_unused_parameters': 'bool',
     'datasets': Required(DictOf(Component('dataset', extra={
         'name': Required('label'), 'type': 'str',
         # basicsr.data.build_dataloader
-        'batch_size_per_gpu': 'int', 'num_worker_per_gpu': 'int', 'dataset_enlarge_ratio': 'number',
+        'batch_size_per_gpu': Range('int', 1), 'num_worker_per_gpu': Range('int', 0),
+        'dataset_enlarge_ratio': Range('number', 0, open_min=True),
         'use_shuffle': 'bool', 'pin_memory': 'bool', 'persistent_workers': 'bool',
-        'prefetch_mode': Choice('cpu', 'cuda'), 'num_prefetch_queue': 'int'}))),
+        'prefetch_mode': Choice('cpu', 'cuda'), 'num_prefetch_queue': Range('int', 1)}))),
     'network_*': Component('arch'),
     'path': {
         'pretrain_network_*': 'str', 'strict_load_*': 'bool', 'param_key_*': 'str',
@@ -119,6 +122,20 @@ def apply_force_yml(opt: dict, entries) -> None:
         node[path[-1]] = _force_value(value, entry)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """basicsr's arguments of fusion/train.py and fusion/test.py; the paths the option file names
+    are declared by :func:`fusion.utils.options_util.option_paths`."""
+    parser = argparse.ArgumentParser()
+    input_arg(parser, '-opt', kind='file', type=str, required=True, help='Path to option YAML file.')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
+    parser.add_argument('--auto_resume', action='store_true')
+    parser.add_argument('--debug', action='store_true', help='basicsr debug mode; errors show their traceback')
+    number_arg(parser, '--local_rank', int, min=0, default=0)
+    plain_arg(parser, '--force_yml', nargs='+', default=None,
+              help='Force to update yml files. Examples: train:ema_decay=0.999')
+    return parser
+
+
 def parse_options(root_path: str, is_train: bool = True, argv=None) -> Tuple[dict, argparse.Namespace]:
     """basicsr's parse_options (same arguments and result), validating the options first."""
     import basicsr.utils.options as bs_options
@@ -126,15 +143,7 @@ def parse_options(root_path: str, is_train: bool = True, argv=None) -> Tuple[dic
     from basicsr.utils.dist_util import get_dist_info
     from basicsr.utils.options import init_dist  # noqa: F401  (patched by fusion.utils.compat)
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument('-opt', type=str, required=True, help='Path to option YAML file.')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
-    parser.add_argument('--auto_resume', action='store_true')
-    parser.add_argument('--debug', action='store_true', help='basicsr debug mode; errors show their traceback')
-    parser.add_argument('--local_rank', type=int, default=0)
-    parser.add_argument('--force_yml', nargs='+', default=None,
-                        help='Force to update yml files. Examples: train:ema_decay=0.999')
-    args = parser.parse_args(argv)
+    args = parse_checked(build_parser(), argv)
 
     opt = read_option_file(args.opt)
     apply_force_yml(opt, args.force_yml)

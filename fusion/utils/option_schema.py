@@ -29,8 +29,8 @@ import re
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 
-__all__ = ['OptionError', 'Choice', 'Component', 'DictOf', 'Required', 'declare_options', 'validate_options',
-           'component_schema']
+__all__ = ['OptionError', 'Choice', 'Component', 'DictOf', 'Range', 'Required', 'declare_options',
+           'validate_options', 'component_schema', 'validate_file_options']
 
 
 class OptionError(ValueError):
@@ -65,6 +65,23 @@ class DictOf:
         self.spec = spec
 
 
+class Range:
+    """A number (``kind``: ``int``, ``float`` or ``number``) in ``min .. max`` (``open_min`` /
+    ``open_max``: the bound excluded): the valid range of a numeric option (docs/options.md)."""
+
+    def __init__(self, kind: str = 'int', min: Optional[float] = None, max: Optional[float] = None,
+                 open_min: bool = False, open_max: bool = False) -> None:
+        self.kind, self.min, self.max, self.open_min, self.open_max = kind, min, max, open_min, open_max
+
+    def __repr__(self) -> str:
+        from fusion.utils.entry_io import describe_range
+        return describe_range(self.min, self.max, self.open_min, self.open_max)
+
+    def outside(self, value: float) -> bool:
+        return (self.min is not None and (value <= self.min if self.open_min else value < self.min)) or \
+            (self.max is not None and (value >= self.max if self.open_max else value > self.max))
+
+
 class Required:
     """The key must be present and not ``~``."""
 
@@ -86,13 +103,16 @@ def _unwrap(spec: Any) -> Tuple[Any, bool]:
 
 def _merge(into: dict, schema: dict) -> dict:
     """Deep merge: sections (dicts, also inside Required) are merged key by key; a Required on
-    either side stays; other specs are replaced."""
+    either side stays; a :class:`Range` stays when the other side names only its type; other
+    specs are replaced."""
     for key, spec in schema.items():
         new, new_req = _unwrap(spec)
         old, old_req = _unwrap(into.get(key))
         if isinstance(new, dict):
             merged = _merge(_merge({}, old) if isinstance(old, dict) else {}, new)
             into[key] = Required(merged) if (new_req or old_req) else merged
+        elif isinstance(old, Range) and new == old.kind:  # a plain type keeps the range declared elsewhere
+            into[key] = Required(old) if (new_req or old_req) else old
         else:
             into[key] = Required(new) if old_req and not new_req else spec
     return into
@@ -273,27 +293,31 @@ class _Checker:
                 return
             for name in list(value):
                 self.value(value, name, spec.spec, _join(where, name))
+        elif isinstance(spec, Range):
+            if self.typed(parent, key, spec.kind, where) and spec.outside(parent[key]):
+                self.error(where, f'must be {spec!r}, got {parent[key]!r}')
         elif isinstance(spec, Choice):
             if not _is_choice(value, spec.values):
                 self.error(where, f'must be one of {spec}, got {value!r}{_suggest_value(value, spec.values)}')
         else:
             self.typed(parent, key, str(spec), where)
 
-    def typed(self, parent: dict, key: Any, spec: str, where: str) -> None:
+    def typed(self, parent: dict, key: Any, spec: str, where: str) -> bool:
         value = parent[key]
         kinds = spec.split('|')
         if 'any' in kinds:
-            return
+            return True
         for kind in kinds:
             ok, converted = _convert(value, kind)
             if ok:
                 if converted is not value:
                     parent[key] = converted
-                return
+                return True
         wanted = ' or '.join({'number': 'a number', 'float': 'a number', 'int': 'an integer', 'bool': 'true/false',
                               'str': 'a string', 'label': 'a name', 'list': 'a list',
                               'dict': 'a section'}.get(k, k) for k in kinds)
         self.error(where, f'expected {wanted}, got {value!r}')
+        return False
 
     def component(self, value: Any, spec: Component, where: str) -> None:
         if not isinstance(value, dict):
@@ -423,5 +447,25 @@ def validate_options(opt: dict, is_train: bool, source: str = 'options') -> None
                 message = check(opt)
                 if message:
                     checker.errors.append(message)
+    if checker.errors:
+        raise OptionError(f'{source}: ' + '; '.join(checker.errors))
+
+
+def validate_file_options(values: Any, schema: dict, source: str,
+                          checks: Iterable[Callable[[dict], Optional[str]]] = ()) -> None:
+    """Checks a stand-alone option file that is not a train/test YAML (e.g. the segmentation
+    protocol's presets and dataset files) against ``schema`` exactly as :func:`validate_options`
+    checks a section: unknown keys with the closest valid one, types, registered components,
+    numeric strings converted in place. Then each ``check(values) -> message or None`` (value
+    rules a schema cannot state). Raises one :class:`OptionError` naming ``source``."""
+    if not isinstance(values, dict):
+        raise OptionError(f'{source}: expected options as key: value lines, got {type(values).__name__}')
+    checker = _Checker(source)
+    checker.section(values, schema, '')
+    if not checker.errors:
+        for check in checks:
+            message = check(values)
+            if message:
+                checker.errors.append(message)
     if checker.errors:
         raise OptionError(f'{source}: ' + '; '.join(checker.errors))

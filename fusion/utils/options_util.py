@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os.path as osp
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 
 # option keys holding file or folder paths that may be given relative to the repository root
@@ -62,15 +62,46 @@ def input_folders(opt: dict) -> List[Tuple[str, str]]:
     return inputs
 
 
-def check_run_folders(opt: dict) -> None:
-    """The run's own folder (``path.experiments_root`` or ``path.results_root``: basicsr moves an
-    existing one aside, then writes into it) must neither be nor hold nor sit inside an input."""
-    from fusion.utils.file_util import check_output_location
-    root_key = 'experiments_root' if opt['path'].get('experiments_root') else 'results_root'
-    out = opt['path'][root_key]
-    inputs = input_folders(opt)
-    if not opt.get('auto_resume') and not opt['path'].get('resume_state'):
-        # a new run moves an existing run folder aside: a checkpoint inside it would go with it
-        inputs += [(f'path.{k}', v) for k, v in opt['path'].items()
+PathList = List[Tuple[str, str, str]]
+
+
+def option_paths(opt: dict, opt_path: Optional[str] = None) -> Tuple[PathList, PathList]:
+    """``(inputs, outputs)`` of parsed options, ``(option, path, kind)`` each (the YAML entry points'
+    declaration, fusion.utils.entry_io): inputs are the option file (``-opt``), the data folders,
+    mask caches and meta-info files, ``sam.checkpoint`` and, for a new run (it moves an existing run
+    folder aside), the ``path.pretrain_network_*`` checkpoints; a resumed run keeps its folder, so
+    its own checkpoints and ``path.resume_state`` may lie inside it. Outputs are the run folder
+    (``path.experiments_root`` or ``path.results_root``; logs, models, visualization inside it)
+    and, when training with ``logger.use_tb_logger``, ``tb_logger/<name>``."""
+    paths = opt.get('path') or {}
+    inputs: List[Tuple[str, str, str]] = []
+    if opt_path:
+        inputs.append(('-opt', opt_path, 'file'))
+    inputs += [(name, path, 'dir') for name, path in input_folders(opt)]
+    sam_ckpt = (opt.get('sam') or {}).get('checkpoint')
+    if isinstance(sam_ckpt, str) and sam_ckpt:
+        inputs.append(('sam.checkpoint', sam_ckpt, 'file'))
+    if not opt.get('auto_resume') and not paths.get('resume_state'):
+        inputs += [(f'path.{k}', v, 'file') for k, v in paths.items()
                    if k.startswith('pretrain_network_') and isinstance(v, str) and v]
-    check_output_location(out, inputs, what=f'path.{root_key}', nested_inputs=True)
+    root_key = 'experiments_root' if paths.get('experiments_root') else 'results_root'
+    outputs: List[Tuple[str, str, str]] = []
+    if paths.get(root_key):
+        outputs.append((f'path.{root_key}', paths[root_key], 'dir'))
+    if paths.get('visualization'):
+        outputs.append(('path.visualization', paths['visualization'], 'dir'))
+    logger = opt.get('logger') or {}
+    if opt.get('is_train') and logger.get('use_tb_logger') and opt.get('root_path') and opt.get('name') \
+            and 'debug' not in opt['name']:
+        outputs.append(('logger.use_tb_logger (tb_logger/<name>)',
+                        osp.join(opt['root_path'], 'tb_logger', opt['name']), 'dir'))
+    return inputs, outputs
+
+
+def check_run_folders(opt: dict, opt_path: Optional[str] = None) -> None:
+    """Every output of the options (:func:`option_paths`: the run folder, basicsr moves an existing
+    one aside, then writes into it; the tb_logger folder) must neither be nor hold nor sit inside an
+    input, and must be writable; one ``ValueError`` line naming both options otherwise."""
+    from fusion.utils.entry_io import check_paths
+    inputs, outputs = option_paths(opt, opt_path)
+    check_paths(outputs, inputs)

@@ -12,6 +12,8 @@ from typing import Any, ContextManager, Optional, Union
 
 import torch
 
+from fusion.utils.option_schema import declare_check
+
 
 AMP_MODES = ('none', 'bf16', 'fp16')
 PRECISIONS = ('fp32', 'bf16', 'fp16')
@@ -85,3 +87,33 @@ def to_float(obj: Any) -> Any:
 
 def memory_format(channels_last: Optional[bool]) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def runs_on_cpu(opt: dict) -> bool:
+    """Whether options with this ``num_gpu`` (``auto``: every visible GPU) put the networks on the
+    CPU (basicsr: CUDA when ``num_gpu`` is not 0)."""
+    num_gpu = opt.get('num_gpu', 'auto')
+    if num_gpu == 'auto' or num_gpu is None:
+        return torch.cuda.device_count() == 0
+    return num_gpu == 0 or not torch.cuda.is_available()
+
+
+def check_fp16_on_cpu(opt: dict) -> Optional[str]:
+    """Option check (fusion/train.py, fusion/test.py): fp16 on a CPU is refused before any work.
+    CPUs without fp16 arithmetic units run fp16 convolutions, matrix products and attention in
+    slow reference kernels, far slower than fp32 (docs/mixed_precision.md has the measurement);
+    ``train.amp: bf16`` is the CPU's reduced precision. The models themselves still accept CPU fp16
+    (``allow_cpu_fp16``) so that unit tests can exercise the fp16 code path without a GPU."""
+    if not runs_on_cpu(opt):
+        return None
+    train = opt.get('train') or {}
+    val = opt.get('val') or {}
+    if isinstance(train, dict) and train.get('amp') not in (None, False) and str(train.get('amp')).lower() == 'fp16':
+        return ('train.amp: fp16 on a CPU device runs in software, far slower than fp32 (an iteration took minutes '
+                'instead of seconds); use train.amp: bf16 (or none) on the CPU, fp16 on a CUDA device')
+    if isinstance(val, dict) and str(val.get('precision')).lower() == 'fp16':
+        return 'val.precision: fp16 needs a CUDA device; on the CPU use bf16 (or fp32)'
+    return None
+
+
+declare_check(check_fp16_on_cpu)

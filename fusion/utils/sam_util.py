@@ -8,12 +8,13 @@ themselves and log it (see ``fusion.data`` patch sources and ``ContrastiveSemant
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os.path as osp
 from functools import partial
 from typing import Dict, Iterator, Optional, Union
 
 import torch
+
+from fusion.utils.file_util import file_sha256  # noqa: F401  (re-exported: mask caches name weights by it)
 
 
 SAM_MODEL_TYPES = ('vit_b', 'vit_l', 'vit_h')
@@ -45,14 +46,6 @@ def seeded_init(seed: Optional[int]) -> Iterator[None]:
 
 class SAMCheckpointError(FileNotFoundError):
     """The SAM checkpoint is missing or does not fit the requested model."""
-
-
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_sam_state_dict(path: str, prefix: str = '') -> Dict[str, torch.Tensor]:

@@ -39,6 +39,8 @@ from bench_util import time_once  # also puts the repository on sys.path
 from fusion.data.lmdb_store import LmdbWriter  # noqa: E402
 from fusion.data.mask_cache import MaskCache  # noqa: E402
 from fusion.data.mask_generation import generate_mask_cache  # noqa: E402
+from fusion.utils.cli import run_cli  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked, plain_arg  # noqa: E402
 
 
 CPU = torch.device('cpu')
@@ -92,21 +94,26 @@ def time_official(path: str, names, mask_num: int, repeats: int):
     return load, first, statistics.median(times)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--cache', help='benchmark this existing mask cache')
-    p.add_argument('--ir', help='(without --cache) IR folder to make masks from')
-    p.add_argument('--vis')
-    p.add_argument('--label')
+    input_arg(p, '--cache', kind='dir', help='benchmark this existing mask cache')
+    input_arg(p, '--ir', kind='dir', help='(without --cache) IR folder to make masks from')
+    input_arg(p, '--vis', kind='dir')
+    input_arg(p, '--label', kind='dir')
     p.add_argument('--source', default='superpixel', choices=['superpixel', 'label', 'random_crop', 'sam'])
-    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='source options (YAML values)')
-    p.add_argument('--max-masks', type=int, default=20, help='K stored per modality (official cache: 20)')
-    p.add_argument('--mask-num', type=int, default=4, help='masks one training sample reads (SAGE: 4)')
-    p.add_argument('--limit', type=int, default=0, help='use the first N pairs / entries (0: all)')
-    p.add_argument('--workers', type=int, default=0)
-    p.add_argument('--repeats', type=int, default=3)
-    p.add_argument('--keep', help='keep the generated files in this folder')
-    args = p.parse_args()
+    plain_arg(p, '--set', action='append', default=[], metavar='KEY=VALUE', help='source options (YAML values)')
+    number_arg(p, '--max-masks', int, min=1, default=20, help='K stored per modality (official cache: 20)')
+    number_arg(p, '--mask-num', int, min=1, default=4, help='masks one training sample reads (SAGE: 4)')
+    number_arg(p, '--limit', int, min=0, default=0, help='use the first N pairs / entries (0: all)')
+    number_arg(p, '--workers', int, min=0, default=0)
+    number_arg(p, '--repeats', int, min=1, default=3)
+    output_arg(p, '--keep', kind='dir', help='keep the generated files in this folder')
+    return p
+
+
+def main(argv=None) -> None:
+    p = build_parser()
+    args = parse_checked(p, argv)
 
     import yaml
     work = args.keep or tempfile.mkdtemp(prefix='bench_data_')
@@ -185,4 +192,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -29,6 +29,9 @@ from typing import Dict, List
 
 from bench_util import ROOT, emit_json, machine_meta
 
+from fusion.utils.cli import run_cli
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked, plain_arg
+
 
 RUNNER = """
 import sys
@@ -91,18 +94,23 @@ def _masks_once(nproc: int, model: str, tmp: str, tag: str, threads: int, limit:
     return {'pairs': n_pairs, 'wall_s': wall, 'pairs_per_min': 60.0 * n_pairs / wall}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--opt', default=osp.join(ROOT, 'options', 'train_sage_quick_cpu.yml'))
-    p.add_argument('--nproc', type=int, nargs='+', default=[1, 2], help='process counts to compare')
-    p.add_argument('--iters', type=int, default=60, help='train.total_iter of each run')
-    p.add_argument('--threads', type=int, default=1, help='torch/OpenMP threads per process')
-    p.add_argument('--rounds', type=int, default=1, help='alternations of the process counts')
+    input_arg(p, '--opt', kind='file', default=osp.join(ROOT, 'options', 'train_sage_quick_cpu.yml'))
+    number_arg(p, '--nproc', int, min=1, nargs='+', default=[1, 2], help='process counts to compare')
+    number_arg(p, '--iters', int, min=1, default=60, help='train.total_iter of each run')
+    number_arg(p, '--threads', int, min=1, default=1, help='torch/OpenMP threads per process')
+    number_arg(p, '--rounds', int, min=1, default=1, help='alternations of the process counts')
     p.add_argument('--masks', action='store_true', help='benchmark sharded mask generation instead')
-    p.add_argument('--mask-model', default='tiny', help='SAM model type for --masks (tiny: random test model)')
-    p.add_argument('--mask-pairs', type=int, default=0, help='--masks: the first N bundled MFNet pairs (0: all)')
-    p.add_argument('--json', help='also write the report here')
-    args = p.parse_args()
+    plain_arg(p, '--mask-model', default='tiny', help='SAM model type for --masks (tiny: random test model)')
+    number_arg(p, '--mask-pairs', int, min=0, default=0, help='--masks: the first N bundled MFNet pairs (0: all)')
+    output_arg(p, '--json', kind='file', help='also write the report here')
+    return p
+
+
+def main(argv=None) -> None:
+    p = build_parser()
+    args = parse_checked(p, argv)
     results: Dict[str, List[Dict[str, float]]] = {str(n): [] for n in args.nproc}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -121,4 +129,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -57,6 +57,8 @@ import fusion  # noqa: E402,F401  (basicsr fixes + registries)
 from fusion.archs.sage_student_arch import SAGEStudent  # noqa: E402
 from fusion.inference import DEFAULT_MODEL, load_student  # noqa: E402
 from fusion.inferencer import FusionInferencer, exact_fp32  # noqa: E402
+from fusion.utils.cli import run_cli  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked  # noqa: E402
 from fusion.utils.precision_util import cpu_has_bf16_units  # noqa: E402
 
 
@@ -193,27 +195,33 @@ def format_table(rows: List[dict]) -> str:
     return '\n'.join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'],
                         help='auto: CPU, plus CUDA when available')
     parser.add_argument('--sizes', nargs='+', type=parse_size, default=[(768, 1024), (480, 640)],
                         help='H x W sizes (default 768x1024 480x640)')
-    parser.add_argument('--repeats', type=int, default=10, help='timed runs per model and size (median reported)')
-    parser.add_argument('--warmup', type=int, default=2, help='untimed runs first')
-    parser.add_argument('--batch', type=int, default=4, help='pairs per call for the batched row (1: no row)')
-    parser.add_argument('--checkpoint', default=DEFAULT_MODEL, help='student weights (default: the released ones)')
-    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
+    number_arg(parser, '--repeats', int, min=1, default=10, help='timed runs per model and size (median reported)')
+    number_arg(parser, '--warmup', int, min=0, default=2, help='untimed runs first')
+    number_arg(parser, '--batch', int, min=1, default=4, help='pairs per call for the batched row (1: no row)')
+    input_arg(parser, '--checkpoint', kind='file', default=DEFAULT_MODEL,
+              help='student weights (default: the released ones)')
+    number_arg(parser, '--threads', int, min=1, default=None, help='torch CPU threads (default: torch default)')
     parser.add_argument('--no-teacher', action='store_true', help='skip the teacher')
     parser.add_argument('--no-bf16', action='store_true', help='skip the bf16 fast-path row')
     parser.add_argument('--teacher-cpu-sizes', nargs='*', type=parse_size, default=[(192, 256)],
                         help='sizes at which the teacher runs on CPU (default 192x256; it is added to --sizes)')
-    parser.add_argument('--teacher-repeats', type=int, default=3)
-    parser.add_argument('--mask-num', type=int, default=4, help="teacher patch channels per modality")
+    number_arg(parser, '--teacher-repeats', int, min=1, default=3)
+    number_arg(parser, '--mask-num', int, min=1, default=4, help="teacher patch channels per modality")
     parser.add_argument('--speedup-size', type=parse_size, default=(480, 640),
                         help='size whose CPU plain/ours ratio is reported as "student_speedup"')
-    parser.add_argument('--json', default=None, help='also write the JSON here')
-    args = parser.parse_args(argv)
+    output_arg(parser, '--json', kind='file', default=None, help='also write the JSON here')
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parse_checked(parser, argv)
     if args.repeats < 1 or args.warmup < 0 or args.batch < 1:
         parser.error('--repeats >= 1, --warmup >= 0, --batch >= 1')
     if args.threads:
@@ -273,4 +281,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_cli(main)

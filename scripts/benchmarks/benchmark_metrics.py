@@ -24,7 +24,6 @@ import math
 import os
 import os.path as osp
 import platform
-import sys
 from typing import Callable, Dict, Optional
 
 import numpy as np
@@ -33,6 +32,8 @@ from bench_util import ROOT, parse_size, size_str, time_wall_and_cpu  # noqa: E4
 from fusion.metrics.conventions import CONVENTIONS, get_convention  # noqa: E402
 from fusion.metrics.fusion_metrics import ALL_METRICS, DEFAULT_METRICS  # noqa: E402
 from fusion.metrics.metric_util import keep_freed_memory  # noqa: E402
+from fusion.utils.cli import run_cli  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, parse_checked  # noqa: E402
 from fusion.utils.img_util import read_gray  # noqa: E402
 
 
@@ -180,24 +181,29 @@ def time_conventions(names, size, repeat: int) -> Dict[str, dict]:
     return out
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--ir', default=osp.join(DATA, 'TNO_10_ir.png'))
-    parser.add_argument('--vis', default=osp.join(DATA, 'TNO_10_vi.png'))
-    parser.add_argument('--fused', default=osp.join(DATA, 'TNO_10_mean.png'))
-    parser.add_argument('--repeat', type=int, default=5, help='runs per metric (heavy ones: at most 2)')
-    parser.add_argument('--metrics', nargs='*', default=list(ALL_METRICS))
+    input_arg(parser, '--ir', kind='file', default=osp.join(DATA, 'TNO_10_ir.png'))
+    input_arg(parser, '--vis', kind='file', default=osp.join(DATA, 'TNO_10_vi.png'))
+    input_arg(parser, '--fused', kind='file', default=osp.join(DATA, 'TNO_10_mean.png'))
+    number_arg(parser, '--repeat', int, min=1, default=5, help='runs per metric (heavy ones: at most 2)')
+    parser.add_argument('--metrics', nargs='+', default=list(ALL_METRICS), choices=list(ALL_METRICS))
     parser.add_argument('--no-direct', action='store_true', help='skip the direct formulations (VIF takes ~2 s)')
-    parser.add_argument('--reference-json', default=osp.join(DATA, 'reference_values.json'),
-                        help='reference values JSON whose meta.timing holds the recorded timings')
+    input_arg(parser, '--reference-json', kind='file', default=osp.join(DATA, 'reference_values.json'),
+              help='reference values JSON whose meta.timing holds the recorded timings')
     parser.add_argument('--conventions', nargs='*', default=list(CONVENTIONS), choices=list(CONVENTIONS),
                         help='conventions whose metrics are timed on a --convention-size triple (default: all; '
                              'none: skip)')
     parser.add_argument('--convention-size', type=parse_size, default=(576, 768), help='H x W (default 576x768)')
-    parser.add_argument('--convention-repeat', type=int, default=3, help='runs per convention metric')
+    number_arg(parser, '--convention-repeat', int, min=1, default=3, help='runs per convention metric')
     parser.add_argument('--default-allocator', action='store_true',
                         help='do not call keep_freed_memory() (evaluate.py calls it), to see its effect')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parse_checked(parser, argv)
     allocator_tuned = False if args.default_allocator else keep_freed_memory()
 
     f, a, b = (read_gray(p) for p in (args.fused, args.ir, args.vis))
@@ -245,4 +251,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_cli(main)

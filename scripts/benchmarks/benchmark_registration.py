@@ -35,6 +35,8 @@ from tqdm import tqdm  # noqa: E402
 from fusion.registration import transforms as T  # noqa: E402
 from fusion.registration.baselines import ecc_register  # noqa: E402
 from fusion.registration.estimate import MODELS, REFINE_MODELS, RegistrationOptions, register_arrays  # noqa: E402
+from fusion.utils.cli import run_cli  # noqa: E402
+from fusion.utils.entry_io import number_arg, output_arg, parse_checked  # noqa: E402
 from fusion.utils.img_util import list_pairs, read_ir  # noqa: E402
 
 
@@ -74,19 +76,24 @@ def stats(errors, limit=2.0):
             'success_rate': round(float((e < limit).mean()), 3), 'n': int(len(e))}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--max-per-dataset', type=int, default=20)
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--perspective', type=float, default=0.01, help='corner moves, fraction of the size')
+    number_arg(parser, '--max-per-dataset', int, min=1, default=20)
+    number_arg(parser, '--seed', int, min=0, default=0)
+    number_arg(parser, '--perspective', float, min=0, max=1, open_max=True, default=0.01,
+               help='corner moves, fraction of the size')
     parser.add_argument('--bundled-only', action='store_true', help='only the bundled samples of datasets/')
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--model", default="similarity", choices=MODELS)
     parser.add_argument('--refine', default=RegistrationOptions.refine_model, choices=REFINE_MODELS,
                         help='our continuous refinement (none: the grid searches only, as before it)')
-    parser.add_argument('--timing-repeats', type=int, default=3)
-    parser.add_argument('--out', default=None, help='also write the JSON here')
-    args = parser.parse_args()
+    number_arg(parser, '--timing-repeats', int, min=1, default=3)
+    output_arg(parser, '--out', kind='file', default=None, help='also write the JSON here')
+    return parser
+
+
+def main(argv=None) -> None:
+    args = parse_checked(build_parser(), argv)
     cv2.setNumThreads(1)
     # the threshold is chosen below
     opt = RegistrationOptions(model=args.model, refine_model=args.refine, min_score=-1e9)
@@ -185,4 +192,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -37,6 +37,8 @@ from tqdm import tqdm  # noqa: E402
 
 import fusion  # noqa: E402,F401  (registers archs, applies basicsr fixes)
 from fusion.archs.sage_teacher_arch import SAGETeacher  # noqa: E402
+from fusion.utils.cli import run_cli  # noqa: E402
+from fusion.utils.entry_io import number_arg, parse_checked  # noqa: E402
 
 
 HEADS = 2
@@ -149,24 +151,29 @@ def cpu_peak_child(args: argparse.Namespace, impl: str, mode: str) -> Dict[str, 
     return run_measuring_child(cmd)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N')
-    parser.add_argument('--size', nargs=2, type=int, default=[192, 256], metavar=('H', 'W'))
-    parser.add_argument('--batch', type=int, default=1)
-    parser.add_argument('--mask-num', type=int, default=4)
-    parser.add_argument('--repeats', type=int, default=3, help='timed runs per variant and mode')
-    parser.add_argument('--warmup', type=int, default=1, help='untimed runs per variant and mode')
+    number_arg(parser, '--size', int, min=1, nargs=2, default=[192, 256], metavar=('H', 'W'))
+    number_arg(parser, '--batch', int, min=1, default=1)
+    number_arg(parser, '--mask-num', int, min=1, default=4)
+    number_arg(parser, '--repeats', int, min=1, default=3, help='timed runs per variant and mode')
+    number_arg(parser, '--warmup', int, min=0, default=1, help='untimed runs per variant and mode')
     parser.add_argument('--modes', nargs='+', default=['fwd', 'fwdbwd'], choices=['fwd', 'fwdbwd'])
     parser.add_argument('--impls', nargs='+', default=['sdpa', 'plain'], choices=['sdpa', 'plain'])
     parser.add_argument('--spa-ablation', default=None, choices=['no_latent', 'no_kv', 'no_repository'])
-    parser.add_argument('--tile-size', type=int, default=None, help='tiled inference with this tile size')
-    parser.add_argument('--tile-overlap', type=int, default=32)
+    number_arg(parser, '--tile-size', int, min=1, default=None, help='tiled inference with this tile size')
+    number_arg(parser, '--tile-overlap', int, min=0, default=32)
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
-    parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (default: torch default)')
-    parser.add_argument('--seed', type=int, default=0)
+    number_arg(parser, '--threads', int, min=1, default=None, help='torch.set_num_threads (default: torch default)')
+    number_arg(parser, '--seed', int, min=0, default=0)
     parser.add_argument('--child', nargs=2, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv=None) -> None:
+    parser = build_parser()
+    args = parse_checked(parser, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
@@ -243,4 +250,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -50,6 +50,8 @@ from bench_util import (ROOT, current_rss_bytes, emit_json, machine_meta, parse_
                         run_measuring_child, seconds_stats, size_str, sync, time_interleaved)
 
 import fusion  # noqa: E402,F401  (basicsr fixes + registries)
+from fusion.utils.cli import run_cli  # noqa: E402
+from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked  # noqa: E402
 from fusion.utils.precision_util import cpu_has_bf16_units  # noqa: E402
 
 
@@ -153,21 +155,27 @@ def cuda_peak(model, data: dict) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--opt', default=osp.join(ROOT, 'options', 'train_sage.yml'), help='training options')
+    input_arg(parser, '--opt', kind='file', default=osp.join(ROOT, 'options', 'train_sage.yml'),
+              help='training options')
     parser.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N')
     parser.add_argument('--size', type=parse_size, default=(192, 256), help='crop H x W (default 192x256, the paper)')
-    parser.add_argument('--batch', type=int, default=4, help='crops per batch (default 4, the paper)')
+    number_arg(parser, '--batch', int, min=1, default=4, help='crops per batch (default 4, the paper)')
     parser.add_argument('--variants', nargs='+', default=['fp32', 'bf16'], choices=list(VARIANTS))
-    parser.add_argument('--repeats', type=int, default=3, help='timed alternations per variant')
-    parser.add_argument('--warmup', type=int, default=1, help='untimed alternations per variant first')
-    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
-    parser.add_argument('--seed', type=int, default=0)
+    number_arg(parser, '--repeats', int, min=1, default=3, help='timed alternations per variant')
+    number_arg(parser, '--warmup', int, min=0, default=1, help='untimed alternations per variant first')
+    number_arg(parser, '--threads', int, min=1, default=None, help='torch CPU threads (default: torch default)')
+    number_arg(parser, '--seed', int, min=0, default=0)
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
-    parser.add_argument('--json', default=None, help='also write the JSON here')
+    output_arg(parser, '--json', kind='file', default=None, help='also write the JSON here')
     parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parse_checked(parser, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -239,4 +247,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_cli(main)

@@ -49,6 +49,8 @@ from typing import Callable, Dict, Optional, Sequence
 
 from bench_util import ROOT, emit_json, machine_meta, ms_stats, sync, time_interleaved
 
+from fusion.utils.entry_io import number_arg, output_arg, parse_checked
+
 
 DEFAULT_OUT = osp.join('results', 'gpu_checks')
 
@@ -410,29 +412,27 @@ def summary_markdown(report: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--out', default=DEFAULT_OUT, help=f'folder for gpu_checks.json / .md (default {DEFAULT_OUT})')
+    output_arg(parser, '--out', kind='dir', default=DEFAULT_OUT,
+               help=f'folder for gpu_checks.json / .md (default {DEFAULT_OUT})')
     parser.add_argument('--dry-run', action='store_true', help='every check at toy sizes on the CPU')
     parser.add_argument('--device', default='cuda', help='CUDA device (default cuda; the dry run uses the CPU)')
     parser.add_argument('--only', nargs='+', choices=list(CHECKS), default=None, help='run these checks only')
-    parser.add_argument('--budget-s', type=float, default=540.0,
-                        help='wall-clock budget of the whole run in seconds (default 540, > 0): a check gets '
-                             'the smaller of its own limit and what is left')
+    number_arg(parser, '--budget-s', float, min=0, open_min=True, default=540.0,
+               help='wall-clock budget of the whole run in seconds (default 540): a check gets '
+                    'the smaller of its own limit and what is left')
     parser.add_argument('--child', choices=list(CHECKS), help=argparse.SUPPRESS)
     parser.add_argument('--fail-check', choices=list(CHECKS), default=None, help=argparse.SUPPRESS)  # tests
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_checked(build_parser(), argv)  # --out checked before any work
     if args.child:
         run_child(args.child, 'cpu' if args.dry_run else args.device, args.dry_run, args.fail_check == args.child)
         return 0
     import torch
 
-    from fusion.utils.file_util import atomic_write_bytes, check_output_location
-    if args.budget_s <= 0:
-        raise ValueError(f'--budget-s must be > 0, got {args.budget_s}')
-    check_output_location(args.out, [], what='--out')
+    from fusion.utils.file_util import atomic_write_bytes
     dry_run = args.dry_run
     if not dry_run and not torch.cuda.is_available():
         print('note: no CUDA device here: running the dry run (every check at toy sizes on the CPU)', file=sys.stderr)
