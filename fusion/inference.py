@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os.path as osp
-from typing import List, Optional, Union
+from typing import Callable, List, Optional, Union
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -44,6 +45,16 @@ def load_student(model_path: Optional[str] = None, device: Union[str, torch.devi
     return net.to(resolve_device(device)).eval()
 
 
+def image_writer(net: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], np.ndarray]:
+    """How the fused Y of ``net`` becomes the written uint8 image: the network's own
+    ``image_from_fused(fused_y, cr, cb, gray)`` when it has one (a zoo method's save step:
+    rounding, per-image rescaling ...), else clamp + the visible chroma (:func:`fused_to_image`)."""
+    own = getattr(net, 'image_from_fused', None)
+    if callable(own):
+        return own
+    return lambda fused, cr, cb, gray: fused_to_image(fused.clamp(0, 1), cr, cb, gray=gray)
+
+
 def fuse_folders(ir_dir: str, vis_dir: str, output_dir: str, net: torch.nn.Module, ext: str = 'png',
                  fast: bool = True, batch_size: int = 4, tile_size: Optional[int] = None,
                  tile_overlap: Optional[int] = None, progress: bool = True, precision: str = 'fp32') -> List[str]:
@@ -57,6 +68,7 @@ def fuse_folders(ir_dir: str, vis_dir: str, output_dir: str, net: torch.nn.Modul
     check_output_location(output_dir, [('--ir', ir_dir), ('--vis', vis_dir)], what='--output')
     pairs = list_pairs(ir_dir, vis_dir)
     device = next(net.parameters()).device
+    write_image = image_writer(net)
     runner = FusionInferencer(net, device, fast=fast, max_batch=batch_size, tile_size=tile_size,
                               tile_overlap=tile_overlap, precision=precision)
     written = []
@@ -66,9 +78,12 @@ def fuse_folders(ir_dir: str, vis_dir: str, output_dir: str, net: torch.nn.Modul
             for pair in pairs[start:start + batch_size]:
                 ir, ycrcb, is_gray = read_pair(pair['ir_path'], pair['vis_path'])
                 chunk.append((pair, torch.from_numpy(ycrcb).permute(2, 0, 1), torch.from_numpy(ir), is_gray))
-            fused_list = runner([(vis[0], ir) for _, vis, ir, _ in chunk])
+            try:
+                fused_list = runner([(vis[0], ir) for _, vis, ir, _ in chunk])
+            except ValueError as err:  # e.g. an image smaller than a zoo method's minimum size
+                raise ValueError(f'{", ".join(p["vis_path"] for p, _, _, _ in chunk)}: {err}') from err
             for (pair, vis, _, is_gray), fused in zip(chunk, fused_list):
-                img = fused_to_image(fused.clamp(0, 1), vis[1:2], vis[2:3], gray=is_gray)
+                img = write_image(fused, vis[1:2], vis[2:3], is_gray)
                 out_path = osp.join(output_dir, f'{pair["name"]}.{ext.lstrip(".")}')
                 imwrite_atomic(img, out_path)
                 written.append(out_path)

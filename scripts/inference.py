@@ -1,7 +1,12 @@
 #!/usr/bin/env python
-"""Fuse every IR/visible pair of two folders with the SAGE student; no YAML needed.
+"""Fuse every IR/visible pair of two folders with the SAGE student (default) or a zoo method; no YAML needed.
 
     python scripts/inference.py --ir datasets/M3FD/ir --vis datasets/M3FD/vi --output results/m3fd
+    python scripts/inference.py --method seafusion --weights PATH/SeAFusion.pth --ir DIR --vis DIR --output DIR
+
+Zoo methods (docs/zoo.md) need their authors' weights: ``--weights`` takes the file or the folder
+holding the files exactly as published; their authors' conventions (input range, rounding ...)
+come from options/zoo/<method>.yml.
 
 Output files keep the input names (as PNG unless --ext says otherwise); colour comes from the
 visible image's chroma (YCrCb); grey visible inputs give grey outputs.
@@ -15,16 +20,37 @@ import tempfile
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
-from fusion.inference import DEFAULT_MODEL, fuse_folders, load_student  # noqa: E402
+from fusion.inference import DEFAULT_MODEL, fuse_folders, load_student, resolve_device  # noqa: E402
 from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
 from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked, plain_arg  # noqa: E402
 from fusion.utils.file_util import check_output_location  # noqa: E402
+from fusion.zoo import build_zoo_method, list_zoo_methods, load_zoo_entry  # noqa: E402
+
+
+def build_net(args: argparse.Namespace):
+    """The SAGE student (``--model`` / ``--weights``, ``--param-key``) or a zoo method."""
+    if args.method.lower() == 'sage':
+        if args.weights and args.model != DEFAULT_MODEL:
+            raise ValueError('--weights and --model both name the SAGE checkpoint; give one')
+        return load_student(args.weights or args.model, args.device, param_key=args.param_key)
+    entry = load_zoo_entry(args.method)  # unknown method: the closest names
+    if args.model != DEFAULT_MODEL or args.param_key:
+        raise ValueError(f'--model / --param-key are for the SAGE student; {entry.name} takes --weights')
+    if not args.weights:
+        raise ValueError(f'--weights: {entry.name} needs its authors\' {", ".join(entry.weights["files"])} '
+                         f'(from {entry.weights["source"]}); nothing is downloaded')
+    return build_zoo_method(entry.name, args.weights, resolve_device(args.device))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pair_arguments(parser)
     output_arg(parser, '--output', kind='dir', required=True, help='folder for the fused images')
+    plain_arg(parser, '--method', default='sage',
+              help=f'sage (default: the SAGE student) or a zoo method: {", ".join(list_zoo_methods()[1:])}')
+    input_arg(parser, '--weights', kind='prefix', default=None,
+              help='the method\'s weights: the file or the folder of files as its authors publish them '
+                   '(required for zoo methods; for sage the same as --model)')
     input_arg(parser, '--model', kind='file', default=DEFAULT_MODEL,
               help='student checkpoint (default: the released one)')
     plain_arg(parser, '--param-key', default=None,
@@ -51,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parse_checked(build_parser(), argv)
-    net = load_student(args.model, args.device, param_key=args.param_key)
+    net = build_net(args)
     with registered_inputs(args) as (ir_dir, vis_dir):
         return _fuse(args, net, ir_dir, vis_dir)
 

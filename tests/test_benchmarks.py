@@ -130,7 +130,32 @@ CASES: Dict[str, Case] = {c.key: c for c in [
           'metrics.<metric>.ours.cpu_median_s': NONNEG, 'metrics.<metric>.ours.value': POSITIVE,
           'metrics.<metric>.recorded_over_ours': POSITIVE, 'image.shape_hw': COUNTS},
          lambda report: (set(report['metrics']) == {'en', 'sd'}) or pytest.fail(f'metrics {list(report["metrics"])}')),
+    Case('benchmark_zoo.py',  # every zoo entry, random weights
+         lambda tmp: ['--size', '32x48', '--repeats', '1', '--warmup', '0', '--threads', '1'],
+         {'methods[].method': TEXT, 'methods[].params': COUNT, 'methods[].flops': COUNT,
+          'methods[].plain.median_ms': POSITIVE, 'methods[].fast.median_ms': POSITIVE, 'methods[].speedup': POSITIVE,
+          'methods[].max_abs_diff': Check('a difference <= 1e-5', lambda v: _number(v) and 0 <= v <= 1e-5),
+          'methods[].within_tolerance': _one_of(True), 'tolerance': _one_of(1e-5), 'meta.size': _one_of('32x48'),
+          'meta.cpu.name': TEXT}),
+    Case('benchmark_registration.py',  # one bundled pair per dataset, ours only
+         lambda tmp: ['--bundled-only', '--max-per-dataset', '1', '--no-baselines', '--timing-repeats', '1'],
+         {'cases': COUNT, 'threshold': Check('a number', _number), 'methods.<method>.consistency.median': NONNEG,
+          'methods.<method>.dataset.median': NONNEG, 'methods.<method>.cpu_s_median': POSITIVE,
+          'time_640x480.cpu_s_median': POSITIVE, 'failure_cases[].reason': TEXT}),
+    Case('benchmark_segmentation.py',  # 4 bundled labelled pairs, a one-step preset, one seed
+         lambda tmp: ['--data', MFNET, '--pairs', '4', '--split', '0.5', '--seeds', '1', '--threads', '1',
+                      '--preset', _tiny_seg_preset(tmp), '--work', osp.join(tmp, 'work')],
+         {'train_pairs': _one_of(2), 'test_pairs': _one_of(2), 'iterations': _one_of(1),
+          'methods.<method>.miou': Check('a number in [0, 1]', lambda v: _number(v) and 0 <= v <= 1),
+          'methods.<method>.seeds_finished': _one_of(1), 'control_miou': NONNEG, 'best_real_miou': NONNEG}),
 ]}
+
+
+def _tiny_seg_preset(tmp: str) -> str:
+    from pathlib import Path
+
+    from test_seg_protocol import _tiny_preset
+    return _tiny_preset(Path(tmp), epochs=None, iterations=1, batch_size=2, seeds=1)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

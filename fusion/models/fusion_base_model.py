@@ -11,6 +11,8 @@ import os.path as osp
 from collections import OrderedDict
 from typing import Dict, Iterator, List, Optional
 
+import cv2
+import numpy as np
 import torch
 from basicsr.archs import build_network
 from basicsr.metrics import calculate_metric
@@ -40,6 +42,13 @@ def _concat_batches(batches: List[dict]) -> dict:
         else:
             out[key] = [v for vs in values for v in (vs if isinstance(vs, (list, tuple)) else [vs])]
     return out
+
+
+def _written_grey(img: np.ndarray) -> np.ndarray:
+    """A written uint8 image (grey, or RGB: its Y) as float32 [0, 1]."""
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2YCrCb)[..., 0]
+    return img.astype(np.float32) / 255.0
 
 
 def group_equal_sizes(dataloader, max_batch: int) -> Iterator[dict]:
@@ -264,14 +273,22 @@ class FusionBaseModel(BaseModel):
         count = 0
         metric_counts = {m: 0 for m in metrics_opt}
         pbar = tqdm(total=len(dataloader.dataset), unit='image', disable=not val_opt.get('pbar', True))
+        # a network with its own save step (a zoo method: the authors' rounding, per-image rescaling)
+        own_writer = getattr(self.get_bare_model(self.net_g), 'image_from_fused', None) \
+            if hasattr(self, 'net_g') else None
         for data in group_equal_sizes(dataloader, int(val_opt.get('batch_size', 1))):
             fused = self.fuse_batch(data).float().cpu()
             for i in range(fused.shape[0]):
                 name = data['name'][i]
                 y = fused[i].clamp(0, 1)
+                gray = bool(data['vis_is_gray'][i]) if 'vis_is_gray' in data else False
+                if callable(own_writer):
+                    img = own_writer(fused[i], data['vis_cr'][i], data['vis_cb'][i], gray)
+                    # metrics see the grey of the image as written
+                    y = torch.from_numpy(_written_grey(img))[None]
                 if save_img:
-                    gray = bool(data['vis_is_gray'][i]) if 'vis_is_gray' in data else False
-                    img = fused_to_image(y, data['vis_cr'][i], data['vis_cb'][i], gray=gray)
+                    if not callable(own_writer):
+                        img = fused_to_image(y, data['vis_cr'][i], data['vis_cb'][i], gray=gray)
                     if self.opt['is_train']:
                         path = osp.join(self.opt['path']['visualization'], dataset_name, f'{name}_{current_iter}.{ext}')
                     else:
