@@ -7,7 +7,9 @@
    (:mod:`fusion.registration.structure`) is cross-correlated with the visible one over all shifts
    within the range by FFT, and the best peak (sub-pixel) wins.
 3. **Refinement**: 3 x 3 scale x rotation grids of shrinking steps around the estimate at finer
-   levels (same FFT correlation), with parabolic sub-step interpolation; for ``affine`` /
+   levels (same FFT correlation), with parabolic sub-step interpolation; then a continuous
+   Gauss-Newton homography on the smoothed orientation fields (:mod:`fusion.registration.refine`,
+   ``refine_model``), kept only where it raises the structure correlation; for ``affine`` /
    ``homography`` shifts of large overlapping regions fitted by least squares, kept only where it
    raises the structure correlation.
 4. **Confidence**: at ``check_size`` the orientation-field correlation of the aligned pair against
@@ -25,10 +27,12 @@ import cv2
 import numpy as np
 
 from fusion.registration import transforms as T
+from fusion.registration.refine import gauss_newton
 from fusion.registration.structure import structure_maps, valid_mask
 
 
 MODELS = ('similarity', 'affine', 'homography')
+REFINE_MODELS = ('none', 'affine', 'homography')
 
 
 @dataclasses.dataclass
@@ -60,6 +64,11 @@ class RegistrationOptions:
     max_peak_offset        1.5         the correlation peak at ``check_size`` within this many
                                        pixels of the estimate
     max_level_disagreement 4.0         coarse and fine estimates within this many coarse pixels
+    refine_model           homography  continuous Gauss-Newton refinement after the grid searches
+                                       (:mod:`fusion.registration.refine`): ``homography``,
+                                       ``affine`` or ``none``; kept only where it raises the
+                                       structure correlation
+    refine_levels          2 levels    (long side, blur sigma, iterations) of that refinement
     ====================== =========== ============================================================
     """
     model: str = 'similarity'
@@ -82,10 +91,14 @@ class RegistrationOptions:
     min_region_z: float = 3.0
     passes: int = 2
     max_level_disagreement: float = 4.0
+    refine_model: str = 'homography'
+    refine_levels: Tuple[Tuple[int, float, int], ...] = ((320, 1.5, 6), (640, 1.0, 6))
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f'--model must be one of {", ".join(MODELS)}, got {self.model!r}')
+        if self.refine_model not in REFINE_MODELS:
+            raise ValueError(f'--refine must be one of {", ".join(REFINE_MODELS)}, got {self.refine_model!r}')
 
 
 @dataclasses.dataclass
@@ -414,6 +427,17 @@ def register_arrays(ir: np.ndarray, vis: np.ndarray, opt: Optional[RegistrationO
     coarse = coarse_search(pair, prior, opt)
     h, _ = local_search(pair, coarse['H'], opt)
     conf = confidence(pair, h, opt)
+    if opt.refine_model != 'none':
+        # the continuous refinement is kept only where it raises the structure correlation
+        h_gn, gn_info = gauss_newton(pair, h, opt.refine_model, opt.refine_levels)
+        conf_gn = confidence(pair, h_gn, opt)
+        refined = conf_gn['ncc'] > conf['ncc']
+        if refined:
+            h, conf = h_gn, conf_gn
+        refine_details = {'refined': bool(refined), 'refine_iterations': gn_info['iterations'],
+                          'refine_converged': bool(gn_info['converged'])}
+    else:
+        refine_details = {}
     if opt.model != 'similarity':
         # the full model is kept only where it raises the structure correlation
         h_full, _ = refine(pair, h, opt)
@@ -428,7 +452,8 @@ def register_arrays(ir: np.ndarray, vis: np.ndarray, opt: Optional[RegistrationO
         reasons.append(f'the pyramid levels disagree ({agree:.1f} px between the coarse and the fine estimate)')
     if coarse['at_edge']:
         reasons.append('the coarse search found its best at the edge of the search range')
-    details = dict(_details(conf), coarse_z=round(coarse['z'], 2), coarse_to_fine_px=round(agree, 2))
+    details = dict(_details(conf), coarse_z=round(coarse['z'], 2), coarse_to_fine_px=round(agree, 2),
+                   **refine_details)
     return RegistrationResult(h, not reasons, conf['z'], '; '.join(reasons), details)
 
 

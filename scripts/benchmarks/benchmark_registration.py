@@ -34,7 +34,7 @@ from tqdm import tqdm  # noqa: E402
 
 from fusion.registration import transforms as T  # noqa: E402
 from fusion.registration.baselines import ecc_register  # noqa: E402
-from fusion.registration.estimate import MODELS, RegistrationOptions, register_arrays  # noqa: E402
+from fusion.registration.estimate import MODELS, REFINE_MODELS, RegistrationOptions, register_arrays  # noqa: E402
 from fusion.utils.cli import run_cli  # noqa: E402
 from fusion.utils.entry_io import number_arg, output_arg, parse_checked  # noqa: E402
 from fusion.utils.img_util import list_pairs, read_ir  # noqa: E402
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--bundled-only', action='store_true', help='only the bundled samples of datasets/')
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--model", default="similarity", choices=MODELS)
+    parser.add_argument('--refine', default=RegistrationOptions.refine_model, choices=REFINE_MODELS,
+                        help='our continuous refinement (none: the grid searches only, as before it)')
     number_arg(parser, '--timing-repeats', int, min=1, default=3)
     output_arg(parser, '--out', kind='file', default=None, help='also write the JSON here')
     return parser
@@ -93,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = parse_checked(build_parser(), argv)
     cv2.setNumThreads(1)
-    opt = RegistrationOptions(model=args.model, min_score=-1e9)  # the threshold is chosen below
+    # the threshold is chosen below
+    opt = RegistrationOptions(model=args.model, refine_model=args.refine, min_score=-1e9)
     rng = np.random.default_rng(args.seed)
     cases = []
     pairs = collect_pairs(args.max_per_dataset, not args.bundled_only)
@@ -150,10 +153,10 @@ def main(argv=None) -> None:
                         ('noise', frng.random(base_ir.shape).astype(np.float32), base_vis),
                         ('other scene', base_ir, cv2.resize(other_vis, (w, h))),
                         ('rotated 25 deg', cv2.warpAffine(base_ir, rot[:2], (w, h)), base_vis)]:
-        r = register_arrays(a, b, RegistrationOptions(model=args.model, min_score=threshold))
+        r = register_arrays(a, b, RegistrationOptions(model=args.model, refine_model=args.refine, min_score=threshold))
         fails.append({'case': label, 'ok': r.ok, 'score': round(r.score, 2), 'reason': r.reason})
     report = {'meta': machine_meta(opencv=cv2.__version__, cv2_threads=cv2.getNumThreads(),
-                                   omp_threads=os.environ.get('OMP_NUM_THREADS')),
+                                   omp_threads=os.environ.get('OMP_NUM_THREADS')), 'refine': args.refine,
               'cases': len(cases), 'threshold': threshold, 'transform_range': {
                   'rotation_deg': 5, 'scale': [0.85, 1.15], 'shift': 0.08, 'perspective': args.perspective,
                   'half_resolution': 'every third case'}, 'methods': {}}
