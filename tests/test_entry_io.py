@@ -27,6 +27,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT, STUDENT_CKPT
+from entry_runner import parse_results
 
 from fusion.utils.entry_io import (PathConflictError, check_output_path, declared, input_arg, number_arg, output_arg,
                                    parse_checked)
@@ -225,46 +226,7 @@ def test_numeric_options_of_the_option_file_have_ranges():
 # ------------------------------------------------------------------------------------------------
 # the walk
 
-RUNNER = r"""
-import contextlib, hashlib, io, json, os, runpy, sys, time, traceback
-world, cases = sys.argv[1], json.load(open(sys.argv[2]))
-
-def digest():
-    out = {}
-    for base, dirs, files in os.walk(world):
-        for d in dirs:
-            out[os.path.relpath(os.path.join(base, d), world) + '/'] = ''
-        for name in files:
-            path = os.path.join(base, name)
-            out[os.path.relpath(path, world)] = hashlib.sha256(open(path, 'rb').read()).hexdigest()
-    return out
-
-before = digest()
-results = []
-for case in cases:
-    sys.argv = [case['script']] + case['args']
-    folder = os.path.dirname(case['script'])
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    err, out = io.StringIO(), io.StringIO()
-    code, start = 0, time.time()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            runpy.run_path(case['script'], run_name='__main__')
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            if isinstance(exc.code, str):
-                print(exc.code, file=sys.stderr)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-    after = digest()
-    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-    before = after
-    results.append({'id': case['id'], 'code': code, 'stderr': err.getvalue(), 'changed': changed,
-                    'seconds': time.time() - start})
-print('@@RESULTS@@' + json.dumps(results))
-"""
+RUNNER = osp.join(ROOT, 'tests', 'entry_runner.py')  # runs many cases in one process, hashing WORLD
 
 
 def _number_value(action) -> str:
@@ -468,14 +430,15 @@ def test_no_output_may_be_an_input(tmp_path):
         for part in range(2):  # two runners side by side, each importing about half of the entry points
             case_file = tmp_path / f'cases{part}.json'
             case_file.write_text(json.dumps([c for c in cases if hash(c['script']) % 2 == part]))
-            procs.append(subprocess.Popen([sys.executable, '-c', RUNNER, world, str(case_file)],
+            procs.append(subprocess.Popen([sys.executable, RUNNER, str(case_file), world],
                                           cwd=osp.join(world, 'cwd'), env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True))
         results = []
         for proc in procs:
             out, _ = proc.communicate(timeout=600)
-            assert '@@RESULTS@@' in out, out[-3000:]
-            results += json.loads(out.split('@@RESULTS@@')[-1])
+            found = parse_results(out)
+            assert found is not None, out[-3000:]
+            results += found
         assert len(results) == len(cases)
         repo_after = {d: _digest(d) for d in run_dirs}
     finally:

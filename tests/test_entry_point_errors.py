@@ -23,6 +23,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT, STUDENT_CKPT
+from entry_runner import parse_results
 from test_training import _train_options
 
 
@@ -32,26 +33,7 @@ DATA = osp.join(ROOT, 'tests', 'data', 'sage_training')
 TRAIN, TEST = osp.join(ROOT, 'fusion', 'train.py'), osp.join(ROOT, 'fusion', 'test.py')
 SCRIPTS = osp.join(ROOT, 'scripts')
 
-RUNNER = r"""
-import contextlib, io, json, runpy, sys, traceback
-results = []
-for case in json.load(open(sys.argv[1])):
-    sys.argv = [case['script']] + case['args']
-    err, out = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            runpy.run_path(case['script'], run_name='__main__')
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            if isinstance(exc.code, str):
-                print(exc.code, file=sys.stderr)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-    results.append({'id': case['id'], 'code': code, 'stderr': err.getvalue(), 'stdout': out.getvalue()})
-print('@@RESULTS@@' + json.dumps(results))
-"""
+RUNNER = osp.join(ROOT, 'tests', 'entry_runner.py')  # runs many cases in one process
 
 
 def _env() -> dict:
@@ -254,14 +236,15 @@ def _cases(t, tag: str):
 def _start_runner(t, cases, tag: str) -> subprocess.Popen:
     path = t / f'cases_{tag}.json'
     path.write_text(json.dumps([{k: c[k] for k in ('id', 'script', 'args')} for c in cases]))
-    return subprocess.Popen([sys.executable, '-c', RUNNER, str(path)], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, RUNNER, str(path)], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
 def _results(proc: subprocess.Popen) -> dict:
     out, _ = proc.communicate(timeout=600)
-    assert '@@RESULTS@@' in out, out[-4000:]
-    return {r['id']: r for r in json.loads(out.split('@@RESULTS@@')[-1])}
+    results = parse_results(out)
+    assert results is not None, out[-4000:]
+    return {r['id']: r for r in results}
 
 
 def test_bad_inputs_end_in_one_line_and_valid_ones_work(world):
