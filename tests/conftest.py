@@ -62,3 +62,16 @@ def student():
     """The released SAGE student in eval mode on the CPU (a fresh copy per test module)."""
     from fusion.inference import load_student
     return load_student(STUDENT_CKPT)
+
+
+def randomise_bn(net: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """BatchNorm statistics and affines far from identity (seeded), so that folding BN into the
+    convolutions is really tested; returns the net in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    return net.eval()

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 from basicsr.utils.registry import ARCH_REGISTRY
-from conftest import ROOT
+from conftest import ROOT, randomise_bn
 
 from fusion.archs.ifcnn_arch import IFCNNNet
 from fusion.archs.seafusion_arch import SeAFusionNet
@@ -21,18 +21,6 @@ from fusion.zoo.references import REFERENCE_SETS
 
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
-
-
-def _randomise_bn(net: torch.nn.Module) -> torch.nn.Module:
-    """BN statistics far from identity, so folding them is really tested."""
-    gen = torch.Generator().manual_seed(1)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-    return net.eval()
 
 
 def conv(**given):
@@ -213,7 +201,7 @@ def test_convention(key):
 # ---------------------------------------------------------------------------------- the archs
 @pytest.mark.parametrize('cls, channels', [(SeAFusionNet, 1), (IFCNNNet, 3)])
 def test_arch_shapes_fast_form_and_tiles(cls, channels):
-    net = _randomise_bn(cls())
+    net = randomise_bn(cls())
     vis, ir = torch.rand(2, channels, 23, 30), torch.rand(2, channels, 23, 30)
     with torch.no_grad():
         plain = net(vis, ir)
@@ -270,7 +258,7 @@ def test_published_state_dict_errors(tmp_path):
 
 # --------------------------------------------------------------------------------- the runner
 def test_runner_wraps_conventions_and_deploy_contract(tmp_path):
-    torch.save(_randomise_bn(SeAFusionNet()).state_dict(), tmp_path / 'SeAFusion.pth')
+    torch.save(randomise_bn(SeAFusionNet()).state_dict(), tmp_path / 'SeAFusion.pth')
     net = build_zoo_method('seafusion', str(tmp_path))
     assert isinstance(net, ZooFusion) and not net.training and net.tile_margin == 9
     vis, ir = torch.rand(1, 1, 16, 20), torch.rand(1, 1, 16, 20)

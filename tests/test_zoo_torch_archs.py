@@ -4,19 +4,10 @@ import os
 
 import pytest
 import torch
+from conftest import randomise_bn
 
 from fusion.archs.didfuse_arch import DIDFuseNet, l1_norm_rule
 from fusion.archs.ydtr_arch import YDTRNet, as_tokens
-
-
-def _randomise_bn(net: torch.nn.Module) -> None:
-    """Non-trivial running statistics so that BN folding is really tested."""
-    g = torch.Generator().manual_seed(0)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
 
 
 def _pair(h=20, w=24, b=1, seed=1):
@@ -79,7 +70,7 @@ def test_l1_norm_rule_weights_by_activity():
 def test_didfuse_fast_path_and_tiles():
     torch.manual_seed(0)
     net = DIDFuseNet('l1_norm')
-    _randomise_bn(net)
+    randomise_bn(net, seed=0)
     net.eval()
     vis, ir = _pair(24, 40, b=2)
     with torch.no_grad():
@@ -104,7 +95,7 @@ def test_didfuse_too_small():
 def test_didfuse_loads_release_format(tmp_path):
     torch.manual_seed(3)
     src = DIDFuseNet()
-    _randomise_bn(src)
+    randomise_bn(src, seed=0)
     didfuse_release_files(src, str(tmp_path))
     for path in (str(tmp_path), str(tmp_path / 'Encoder.pkl'), str(tmp_path / 'Decoder.pkl')):
         net = DIDFuseNet()
@@ -179,7 +170,7 @@ def test_ydtr_shifted_windows():
 def test_ydtr_fast_path_matches_plain():
     torch.manual_seed(0)
     net = YDTRNet()
-    _randomise_bn(net)
+    randomise_bn(net, seed=0)
     for p in net.basicLayer.parameters():  # LayerNorm affines away from (1, 0) so folding is tested
         p.data.add_(torch.randn_like(p) * 0.1)
     net.eval()
