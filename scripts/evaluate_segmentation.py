@@ -33,7 +33,6 @@ from fusion.segmentation.protocol import (BASELINE_KINDS, FIXED_UNIT, Segmentati
 from fusion.segmentation.report import format_table, prediction_grid, summarize, write_reports  # noqa: E402
 from fusion.utils.cli import INPUT_ERRORS, add_pair_arguments, parse_named_folders, run_cli  # noqa: E402
 from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked  # noqa: E402
-from fusion.utils.file_util import check_output_location  # noqa: E402
 from fusion.utils.img_util import imwrite_atomic  # noqa: E402
 
 
@@ -112,11 +111,6 @@ def _compare(args) -> int:
         raise ValueError(f'method name(s) {clash} clash with baselines of the same name')
     if args.fixed_segmenter and not osp.isfile(args.fixed_segmenter):
         raise FileNotFoundError(f'--fixed-segmenter: no such file: {args.fixed_segmenter}')
-    inputs_given = [('--ir', args.ir), ('--vis', args.vis), ('--label', args.label)]
-    inputs_given += [(f'--fused {name}', folder) for name, folder in methods.items()]
-    check_output_location(args.out, inputs_given, what='--out')
-    if args.json:
-        check_output_location(args.json, inputs_given, what='--json', is_file=True)
     train, test = _names(args)
     fixed = args.fixed_segmenter is not None
     train = [] if fixed else train

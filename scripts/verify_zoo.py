@@ -20,7 +20,7 @@ sys.path.insert(0, ROOT)
 
 from fusion.utils.cli import run_cli  # noqa: E402
 from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked, plain_arg  # noqa: E402
-from fusion.utils.file_util import atomic_write_bytes, check_output_location  # noqa: E402
+from fusion.utils.file_util import atomic_write_bytes  # noqa: E402
 from fusion.zoo import list_zoo_methods, load_zoo_entry  # noqa: E402
 from fusion.zoo.verification import markdown_report, verify_method  # noqa: E402
 
@@ -51,7 +51,6 @@ def main(argv=None) -> int:
     if 'sage' in [m.lower() for m in methods]:
         raise ValueError('--methods: sage has no reference sets here (its parity: docs/inference.md)')
     names = [load_zoo_entry(m).name for m in methods]  # unknown names: the closest ones, before any work
-    check_output_location(args.out, [('--peers', args.peers)], what='--out')
     reports = []
     for name in names:
         report = verify_method(name, args.peers, weights_dir, args.device, args.jpeg_quality)
