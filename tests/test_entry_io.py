@@ -13,7 +13,6 @@ outputs come from ``option_paths`` (fusion.utils.options_util) and are walked th
 """
 import argparse
 import glob
-import hashlib
 import json
 import os
 import os.path as osp
@@ -27,7 +26,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT, STUDENT_CKPT
-from entry_runner import parse_results
+from entry_runner import digest, parse_results
 
 from fusion.utils.entry_io import (PathConflictError, check_output_path, declared, input_arg, number_arg, output_arg,
                                    parse_checked)
@@ -424,7 +423,7 @@ def test_no_output_may_be_an_input(tmp_path):
                 os.makedirs(osp.dirname(case['opt_file']), exist_ok=True)
                 with open(case.pop('opt_file'), 'w') as f:
                     yaml.safe_dump(case.pop('opt'), f)
-        repo_before = {d: _digest(d) for d in run_dirs}
+        repo_before = {d: digest(d) for d in run_dirs}
         env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='', FUSION_DEBUG='')
         procs = []
         for part in range(2):  # two runners side by side, each importing about half of the entry points
@@ -440,7 +439,7 @@ def test_no_output_may_be_an_input(tmp_path):
             assert found is not None, out[-3000:]
             results += found
         assert len(results) == len(cases)
-        repo_after = {d: _digest(d) for d in run_dirs}
+        repo_after = {d: digest(d) for d in run_dirs}
     finally:
         for folder in run_dirs:  # a run "folder" may be an input file put there
             if osp.isfile(folder):
@@ -457,13 +456,3 @@ def test_no_output_may_be_an_input(tmp_path):
     assert not problems, f'{len(problems)} of {len(results)} cases:\n\n' + '\n\n'.join(problems)
     assert repo_after == repo_before
     assert os.listdir(osp.join(world, 'cwd')) == []
-
-
-def _digest(folder: str) -> dict:
-    out = {}
-    for base, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            path = osp.join(base, name)
-            out[osp.relpath(path, folder)] = hashlib.sha256(open(path, 'rb').read()).hexdigest() \
-                if osp.isfile(path) else 'dir'
-    return out
