@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
 from fusion.registration import MODELS, RegistrationOptions, load_transform, register_folders  # noqa: E402
-from fusion.registration.estimate import REFINE_MODELS  # noqa: E402
+from fusion.registration.estimate import REFINE_METHODS, REFINE_MODELS  # noqa: E402
 from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
 from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked  # noqa: E402
 
@@ -25,7 +25,9 @@ def add_registration_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', default='similarity', choices=MODELS,
                         help='similarity (default) | affine | homography (adds a refinement of the full model)')
     parser.add_argument('--refine', default=RegistrationOptions.refine_model, choices=REFINE_MODELS,
-                        help='continuous refinement after the grid searches (default homography; none: off)')
+                        help='model of the refinement after the grid searches (default homography; none: off)')
+    parser.add_argument('--refine-method', default=RegistrationOptions.refine_method, choices=REFINE_METHODS,
+                        help='blocks (default: block matching, robust fit) | gauss_newton')
     number_arg(parser, '--min-score', float, default=None,
                help=f'confidence threshold, a z score (default {RegistrationOptions.min_score})')
     number_arg(parser, '--fit-once', int, min=0, nargs='?', const=0, default=None, metavar='N',
@@ -36,7 +38,7 @@ def add_registration_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args) -> RegistrationOptions:
-    kw = {'model': args.model, 'refine_model': args.refine}
+    kw = {'model': args.model, 'refine_model': args.refine, 'refine_method': args.refine_method}
     if args.min_score is not None:
         kw['min_score'] = args.min_score
     return RegistrationOptions(**kw)

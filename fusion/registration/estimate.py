@@ -7,16 +7,16 @@
    (:mod:`fusion.registration.structure`) is cross-correlated with the visible one over all shifts
    within the range by FFT, and the best peak (sub-pixel) wins.
 3. **Refinement**: 3 x 3 scale x rotation grids of shrinking steps around the estimate at finer
-   levels (same FFT correlation), with parabolic sub-step interpolation; then a continuous
-   Gauss-Newton homography on the smoothed orientation fields (:mod:`fusion.registration.refine`,
-   ``refine_model``), kept only where it raises the structure correlation; for ``affine`` /
-   ``homography`` shifts of large overlapping regions fitted by least squares, kept only where it
-   raises the structure correlation.
+   levels (same FFT correlation), with parabolic sub-step interpolation; then the full homography
+   (``refine_model``) from block matching (:mod:`fusion.registration.blocks`, the default) or a
+   Gauss-Newton fit of the smoothed orientation fields (:mod:`fusion.registration.refine`); for
+   ``model`` ``affine`` / ``homography`` shifts of large overlapping regions fitted by least
+   squares, kept only where it raises the structure correlation.
 4. **Confidence**: at ``check_size`` the orientation-field correlation of the aligned pair against
    its distribution under offsets of 3-24 pixels (a z score: how far the alignment stands out of
    what chance gives on this very pair), plus the checks that turn a doubtful pair into
    ``ok: false`` with a reason: too little structure, the peak off the refined estimate (the pyramid
-   levels disagree), the transform at or beyond the search range, ECC not converging.
+   levels disagree), the transform at or beyond the search range, too few blocks agreeing.
 """
 from __future__ import annotations
 
@@ -27,12 +27,14 @@ import cv2
 import numpy as np
 
 from fusion.registration import transforms as T
+from fusion.registration.blocks import block_refine
 from fusion.registration.refine import gauss_newton
 from fusion.registration.structure import structure_maps, valid_mask
 
 
 MODELS = ('similarity', 'affine', 'homography')
 REFINE_MODELS = ('none', 'affine', 'homography')
+REFINE_METHODS = ('blocks', 'gauss_newton')
 
 
 @dataclasses.dataclass
@@ -64,11 +66,18 @@ class RegistrationOptions:
     max_peak_offset        1.5         the correlation peak at ``check_size`` within this many
                                        pixels of the estimate
     max_level_disagreement 4.0         coarse and fine estimates within this many coarse pixels
-    refine_model           homography  continuous Gauss-Newton refinement after the grid searches
-                                       (:mod:`fusion.registration.refine`): ``homography``,
-                                       ``affine`` or ``none``; kept only where it raises the
-                                       structure correlation
-    refine_levels          2 levels    (long side, blur sigma, iterations) of that refinement
+    refine_model           homography  the model of the refinement after the grid searches:
+                                       ``homography``, ``affine`` or ``none`` (grid searches only)
+    refine_method          blocks      ``blocks`` (:mod:`fusion.registration.blocks`: local block
+                                       shifts, MAGSAC++, Cauchy M-estimate) or ``gauss_newton``
+                                       (:mod:`fusion.registration.refine`, kept only where it
+                                       raises the structure correlation)
+    block_passes           2 passes    (long side, block, stride, radius, inlier threshold) of the
+                                       block refinement, level pixels
+    block_min_margin       0.02        a block counts when its correlation peak stands out of the
+                                       runner-up by this much
+    min_block_inliers      12          fewer blocks agreeing on the transform: ``ok: false``
+    refine_levels          2 levels    (long side, blur sigma, iterations) of ``gauss_newton``
     ====================== =========== ============================================================
     """
     model: str = 'similarity'
@@ -93,12 +102,18 @@ class RegistrationOptions:
     max_level_disagreement: float = 4.0
     refine_model: str = 'homography'
     refine_levels: Tuple[Tuple[int, float, int], ...] = ((320, 1.5, 6), (640, 1.0, 6))
+    refine_method: str = 'blocks'
+    block_passes: Tuple[Tuple[int, int, int, int, float], ...] = ((640, 64, 32, 8, 1.5), (1024, 96, 48, 4, 1.5))
+    block_min_margin: float = 0.02
+    min_block_inliers: int = 12
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f'--model must be one of {", ".join(MODELS)}, got {self.model!r}')
         if self.refine_model not in REFINE_MODELS:
             raise ValueError(f'--refine must be one of {", ".join(REFINE_MODELS)}, got {self.refine_model!r}')
+        if self.refine_method not in REFINE_METHODS:
+            raise ValueError(f'--refine-method must be one of {", ".join(REFINE_METHODS)}, got {self.refine_method!r}')
 
 
 @dataclasses.dataclass
@@ -144,27 +159,33 @@ class _Pair:
         self.ir, self.vis = ir, vis
         self.ir_mask, self.vis_mask = valid_mask(ir), valid_mask(vis)
         self.ir_size, self.vis_size = ir.shape[:2], vis.shape[:2]
-        self._vis_maps: Dict[int, tuple] = {}
+        self._vis_maps: Dict[tuple, tuple] = {}
+        self._ir_levels: Dict[tuple, tuple] = {}  # resized infrared image and mask per size
 
-    def vis_level(self, long_side: int):
+    def vis_level(self, long_side: int, sigma: float = 1.0):
         """(size, full->level homography, field, strength, strong fraction) of the visible image."""
-        if long_side not in self._vis_maps:
+        key = (long_side, sigma)
+        if key not in self._vis_maps:
             size, _ = _level_size(self.vis_size, long_side)
             a = T.grid_scale(self.vis_size, size)
-            field, strength, strong = structure_maps(_resize(self.vis, size), _resize_mask(self.vis_mask, size))
-            self._vis_maps[long_side] = (size, a, field, strength, strong)
-        return self._vis_maps[long_side]
+            field, strength, strong = structure_maps(_resize(self.vis, size), _resize_mask(self.vis_mask, size),
+                                                     sigma=sigma)
+            self._vis_maps[key] = (size, a, field, strength, strong)
+        return self._vis_maps[key]
 
     def ir_on_vis_level(self, h_full: np.ndarray, long_side: int, sigma: float = 1.0):
         """The infrared image warped by ``h_full`` onto the visible grid at a level: (field,
         strength, strong fraction, mask). Warps from an infrared level of similar resolution."""
         size, a_vis, *_ = self.vis_level(long_side)
-        src_size, _ = _level_size(self.ir_size, int(long_side * max(self.ir_size) / max(self.vis_size)
-                                                    * _level_scale(h_full)) + 1)
+        # the source level: about the resolution the warp needs, rounded up to a multiple of 16 so
+        # that neighbouring transforms share one resized infrared image
+        need = long_side * max(self.ir_size) / max(self.vis_size) * _level_scale(h_full)
+        src_size, _ = _level_size(self.ir_size, int(16 * np.ceil(need / 16)))
         a_ir = T.grid_scale(self.ir_size, src_size)
         m = a_vis @ h_full @ np.linalg.inv(a_ir)
-        src = _resize(self.ir, src_size)
-        src_mask = _resize_mask(self.ir_mask, src_size)
+        if src_size not in self._ir_levels:
+            self._ir_levels[src_size] = (_resize(self.ir, src_size), _resize_mask(self.ir_mask, src_size))
+        src, src_mask = self._ir_levels[src_size]
         flags = cv2.INTER_LINEAR
         warped = cv2.warpPerspective(src, m, (size[1], size[0]), flags=flags, borderMode=cv2.BORDER_REPLICATE)
         mask = cv2.warpPerspective(src_mask, m, (size[1], size[0]), flags=cv2.INTER_NEAREST,
@@ -222,9 +243,7 @@ def grid_search(pair: _Pair, base: np.ndarray, long_side: int, scales: np.ndarra
     ``radius`` (level pixels, y and x) by FFT; sub-pixel peak. Returns the full-resolution estimate,
     the peak correlation, its z score on the shift surface and whether the best lies on the grid's
     edge (the answer may lie outside)."""
-    size, a_vis, vfield, _, _ = pair.vis_level(long_side)
-    if sigma != 1.0:
-        vfield = structure_maps(_resize(pair.vis, size), _resize_mask(pair.vis_mask, size), sigma=sigma)[0]
+    size, a_vis, vfield, _, _ = pair.vis_level(long_side, sigma)
     h, w = size
     r = radius
     pad = (cv2.getOptimalDFTSize(h + r[0]), cv2.getOptimalDFTSize(w + r[1]))
@@ -427,7 +446,12 @@ def register_arrays(ir: np.ndarray, vis: np.ndarray, opt: Optional[RegistrationO
     coarse = coarse_search(pair, prior, opt)
     h, _ = local_search(pair, coarse['H'], opt)
     conf = confidence(pair, h, opt)
-    if opt.refine_model != 'none':
+    refine_details: Dict[str, object] = {}
+    if opt.refine_model != 'none' and opt.refine_method == 'blocks':
+        h, block_info = block_refine(pair, h, opt.refine_model, opt.block_passes, opt.block_min_margin)
+        conf = confidence(pair, h, opt)
+        refine_details = {'refine_' + k: v for k, v in block_info.items()}
+    elif opt.refine_model != 'none':
         # the continuous refinement is kept only where it raises the structure correlation
         h_gn, gn_info = gauss_newton(pair, h, opt.refine_model, opt.refine_levels)
         conf_gn = confidence(pair, h_gn, opt)
@@ -436,8 +460,6 @@ def register_arrays(ir: np.ndarray, vis: np.ndarray, opt: Optional[RegistrationO
             h, conf = h_gn, conf_gn
         refine_details = {'refined': bool(refined), 'refine_iterations': gn_info['iterations'],
                           'refine_converged': bool(gn_info['converged'])}
-    else:
-        refine_details = {}
     if opt.model != 'similarity':
         # the full model is kept only where it raises the structure correlation
         h_full, _ = refine(pair, h, opt)
@@ -445,6 +467,9 @@ def register_arrays(ir: np.ndarray, vis: np.ndarray, opt: Optional[RegistrationO
         if conf_full['ncc'] > conf['ncc']:
             h, conf = h_full, conf_full
     reasons = _reasons(pair, h, prior, conf, opt)
+    if 'refine_inliers' in refine_details and refine_details['refine_inliers'] < opt.min_block_inliers:
+        reasons.append(f'only {refine_details["refine_inliers"]} blocks agree on the transform '
+                       f'(< {opt.min_block_inliers})')
     agree = T.corner_error(h, coarse['H'], pair.vis_size)
     # the levels must agree: the fine estimate within a few coarse pixels of the coarse one
     coarse_px = max(pair.vis_size) / opt.coarse_size

@@ -47,7 +47,8 @@ def gradients(img: np.ndarray, sigma: float) -> Tuple[np.ndarray, np.ndarray]:
 def edge_eps(g2: np.ndarray, mask: np.ndarray, rel: float, floor: float) -> float:
     """The normalisation constant: ``rel`` times the median gradient magnitude of the image's
     content, never below ``floor`` (grey levels in [0, 1] per pixel: below it is sensor noise)."""
-    vals = g2[mask > 0] if mask is not None else g2.ravel()
+    # every third pixel: the median of a large sample, at a third of the cost
+    vals = (g2[mask > 0] if mask is not None else g2.ravel())[::3]
     med = float(np.sqrt(np.median(vals))) if vals.size else 0.0
     return max(rel * med, floor)
 

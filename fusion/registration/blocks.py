@@ -1,0 +1,187 @@
+"""Refinement of a grid estimate by block matching: many local shifts, one robust homography.
+
+The grid searches (:mod:`fusion.registration.estimate`) find scale, rotation and shift; their
+residual is the grid's quantisation plus the perspective a similarity cannot express. Here the
+infrared image, warped by the current estimate onto the visible grid, is cut into overlapping
+blocks; each block's orientation field (:mod:`fusion.registration.structure`) is correlated with
+the visible one over small shifts (FFT, normalised by both windows' energies so that busy regions
+do not pull the peak), and a block whose peak is distinct gives one correspondence. A homography
+(or affine transform) is fitted to them robustly (MAGSAC, then least squares on the inliers), and
+the pass repeats with a smaller search radius on the re-warped image.
+
+Why blocks rather than one global objective: a block's peak is a local, polarity-free measurement
+that does not care what the rest of the image does, so content that the warp crops, parallax and
+structures seen by one modality only become outliers instead of biasing the fit. The inlier count
+and residual are a second, independent confidence measure.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from fusion.registration import transforms as T
+
+
+def _local_energy(e2: np.ndarray, block: int, n: int) -> np.ndarray:
+    """sqrt of the sum of ``e2`` over every ``block`` x ``block`` window at the ``n`` x ``n`` shifts."""
+    ii = cv2.integral(e2.astype(np.float64))
+    s = ii[block:block + n, block:block + n] - ii[:n, block:block + n] - ii[block:block + n, :n] + ii[:n, :n]
+    return np.sqrt(np.maximum(s, 0)) + 1e-9
+
+
+def _peak(c: np.ndarray) -> Tuple[float, float, float, float]:
+    """Sub-pixel peak (y, x), its value and its margin over the best value two or more cells away."""
+    n = c.shape[0]
+    iy, ix = np.unravel_index(int(np.argmax(c)), c.shape)
+    val = float(c[iy, ix])
+    if not (0 < iy < n - 1 and 0 < ix < n - 1):
+        return float(iy), float(ix), val, -1.0
+    dy = c[iy - 1, ix] - 2 * val + c[iy + 1, ix]
+    dx = c[iy, ix - 1] - 2 * val + c[iy, ix + 1]
+    oy = 0.5 * (c[iy - 1, ix] - c[iy + 1, ix]) / dy if dy < 0 else 0.0
+    ox = 0.5 * (c[iy, ix - 1] - c[iy, ix + 1]) / dx if dx < 0 else 0.0
+    rest = c.copy()
+    rest[max(0, iy - 2):iy + 3, max(0, ix - 2):ix + 3] = -np.inf
+    return iy + float(np.clip(oy, -0.5, 0.5)), ix + float(np.clip(ox, -0.5, 0.5)), val, val - float(rest.max())
+
+
+def block_shifts(vfield: np.ndarray, ifield: np.ndarray, imask: np.ndarray, block: int, stride: int,
+                 radius: int, min_cover: float = 0.8) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Local shifts of the infrared field against the visible one (same grid): for every block of
+    ``block`` pixels on a ``stride`` grid, the correlation peak within ``radius`` pixels.
+    Returns block centres (x, y), the centres moved by the peaks (visible coordinates), and per
+    block (peak value, margin over the runner-up)."""
+    h, w = vfield.shape
+    n = 2 * radius + 1
+    size = cv2.getOptimalDFTSize(block + 2 * radius)
+    src, dst, quality = [], [], []
+    vabs2 = np.abs(vfield) ** 2
+    for y0 in range(radius, h - block - radius + 1, stride):
+        for x0 in range(radius, w - block - radius + 1, stride):
+            if imask[y0:y0 + block, x0:x0 + block].mean() < min_cover:
+                continue
+            ib = ifield[y0:y0 + block, x0:x0 + block]
+            ie = float(np.sqrt(np.sum(np.abs(ib) ** 2)))
+            if ie < 1e-3 * block:
+                continue
+            vb = vfield[y0 - radius:y0 + block + radius, x0 - radius:x0 + block + radius]
+            c = np.fft.ifft2(np.fft.fft2(vb, s=(size, size)) * np.conj(np.fft.fft2(ib, s=(size, size)))).real[:n, :n]
+            c = c / (ie * _local_energy(vabs2[y0 - radius:y0 + block + radius, x0 - radius:x0 + block + radius],
+                                        block, n))
+            py, px, val, margin = _peak(c)
+            if margin <= 0:
+                continue
+            cy, cx = y0 + (block - 1) / 2, x0 + (block - 1) / 2
+            src.append((cx, cy))
+            dst.append((cx + px - radius, cy + py - radius))
+            quality.append((val, margin))
+    return (np.array(src, np.float64).reshape(-1, 2), np.array(dst, np.float64).reshape(-1, 2),
+            np.array(quality, np.float64).reshape(-1, 2))
+
+
+def fit_robust(src: np.ndarray, dst: np.ndarray, model: str, threshold: float) -> Tuple[np.ndarray, np.ndarray]:
+    """(H, inlier mask) by MAGSAC++ then least squares on its inliers; (None, mask) when too few."""
+    need = 4 if model == 'homography' else 3
+    if len(src) < need + 2:
+        return None, np.zeros(len(src), bool)
+    s32, d32 = src.astype(np.float32), dst.astype(np.float32)
+    if model == 'homography':
+        h, inl = cv2.findHomography(s32, d32, cv2.USAC_MAGSAC, threshold, maxIters=2000, confidence=0.999)
+    else:
+        a, inl = cv2.estimateAffine2D(s32, d32, method=cv2.USAC_MAGSAC, ransacReprojThreshold=threshold,
+                                      maxIters=2000, confidence=0.999)
+        h = None if a is None else np.vstack([a, [0, 0, 1]])
+    if h is None or inl is None:
+        return None, np.zeros(len(src), bool)
+    inl = inl.ravel().astype(bool)
+    if inl.sum() < need + 2:
+        return None, inl
+    if model == 'homography':
+        h, _ = cv2.findHomography(s32[inl], d32[inl], 0)
+    else:
+        a, _ = cv2.estimateAffine2D(s32[inl], d32[inl], method=cv2.LMEDS)
+        h = None if a is None else np.vstack([a, [0, 0, 1]])
+    if h is None:
+        return None, inl
+    return T.normalize(h.astype(np.float64)), inl
+
+
+def _jacobian(h: np.ndarray, pts: np.ndarray, n_par: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Projected points and d(projection)/d(first ``n_par`` entries of H, row-major, H[2,2] = 1)."""
+    x, y = pts[:, 0], pts[:, 1]
+    den = h[2, 0] * x + h[2, 1] * y + 1.0
+    u = (h[0, 0] * x + h[0, 1] * y + h[0, 2]) / den
+    v = (h[1, 0] * x + h[1, 1] * y + h[1, 2]) / den
+    z = np.zeros_like(x)
+    ju = [x / den, y / den, 1 / den, z, z, z, -u * x / den, -u * y / den]
+    jv = [z, z, z, x / den, y / den, 1 / den, -v * x / den, -v * y / den]
+    j = np.stack([np.stack(ju[:n_par], 1), np.stack(jv[:n_par], 1)], 1)  # N x 2 x n_par
+    return np.stack([u, v], 1), j
+
+
+def fit_irls(h: np.ndarray, src: np.ndarray, dst: np.ndarray, model: str, scale: float,
+             weights: np.ndarray = None, iters: int = 10) -> Tuple[np.ndarray, np.ndarray]:
+    """M-estimate of H from ``h``: Gauss-Newton with Cauchy weights of scale ``scale`` (pixels),
+    so that every correspondence counts, a far one little; optional per-point ``weights``.
+    Returns H and the final robust weights."""
+    n_par = 8 if model == 'homography' else 6
+    h = T.normalize(h.copy())
+    if n_par == 6:
+        h[2, :2] = 0
+    base = np.ones(len(src)) if weights is None else weights
+    # centre and scale the coordinates so the normal equations are well conditioned
+    m = np.r_[src, dst].mean(0)
+    f = np.abs(np.r_[src, dst] - m).mean() + 1e-9
+    n = np.array([[1 / f, 0, -m[0] / f], [0, 1 / f, -m[1] / f], [0, 0, 1]])
+    g = T.normalize(n @ h @ np.linalg.inv(n))
+    s_n, d_n = T.apply(n, src), T.apply(n, dst)
+    w = base
+    for _ in range(iters):
+        p, j = _jacobian(g, s_n, n_par)
+        r = d_n - p
+        e = np.linalg.norm(r, axis=1) * f
+        w = base / (1 + (e / scale) ** 2)
+        a = np.einsum('n,nki,nkj->ij', w, j, j)
+        b = np.einsum('n,nki,nk->i', w, j, r)
+        try:
+            step = np.linalg.solve(a + 1e-9 * np.trace(a) * np.eye(n_par), b)
+        except np.linalg.LinAlgError:
+            break
+        g = g.copy()
+        g.flat[:n_par] += step
+        if np.abs(step).max() < 1e-7:
+            break
+    return T.normalize(np.linalg.inv(n) @ g @ n), w
+
+
+def block_refine(pair, h_full: np.ndarray, model: str, passes: Sequence[Tuple[int, int, int, int, float]],
+                 min_margin: float = 0.02) -> Tuple[np.ndarray, dict]:
+    """Refines ``h_full`` (infrared -> visible, full resolution) by passes of (visible long side,
+    block, stride, radius, inlier threshold), all in level pixels; ``pair`` is the estimate's
+    ``_Pair``. Each pass: block shifts (those with a peak margin of at least ``min_margin``),
+    MAGSAC++ for the inliers, then a Cauchy M-estimate over all of them (scale: the threshold), so
+    that which blocks a crop removes changes the fit little. Returns the refined transform and the
+    last pass's diagnostics: blocks measured, blocks used, inliers, inlier RMS residual
+    (full-resolution pixels), passes run."""
+    h_cur = h_full.copy()
+    info = {'blocks': 0, 'used': 0, 'inliers': 0, 'rms_px': None, 'passes': 0}
+    for long_side, block, stride, radius, thr in passes:
+        size, a_vis, vfield, _, _ = pair.vis_level(long_side)
+        ifield, _, _, imask = pair.ir_on_vis_level(h_cur, long_side)
+        src, dst, q = block_shifts(vfield, ifield, imask, block, stride, radius)
+        keep = q[:, 1] >= min_margin
+        info.update(blocks=int(len(q)), used=int(keep.sum()), inliers=0)
+        src, dst = src[keep], dst[keep]
+        # fit in the level's visible grid: the increment G maps the warped infrared onto the visible
+        g, inl = fit_robust(src, dst, model, thr)
+        if g is None:
+            break
+        g, _ = fit_irls(g, src, dst, model, thr)
+        h_cur = T.normalize(np.linalg.inv(a_vis) @ g @ a_vis @ h_cur)
+        res = np.linalg.norm(T.apply(g, src[inl]) - dst[inl], axis=1)
+        f = max(pair.vis_size) / max(size)
+        info.update(inliers=int(inl.sum()), rms_px=round(float(np.sqrt(np.mean(res ** 2)) * f), 3),
+                    passes=info['passes'] + 1)
+    return h_cur, info
