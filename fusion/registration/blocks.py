@@ -31,20 +31,33 @@ def _local_energy(e2: np.ndarray, block: int, n: int) -> np.ndarray:
     return np.sqrt(np.maximum(s, 0)) + 1e-9
 
 
+def subpixel_peak(c: np.ndarray) -> Tuple[float, float, float]:
+    """Peak (y, x) of a correlation surface, refined by a parabola per axis (an axis whose peak lies
+    on the border keeps its integer position), and its value."""
+    iy, ix = np.unravel_index(int(np.argmax(c)), c.shape)
+    dy = dx = 0.0
+    if 0 < iy < c.shape[0] - 1:
+        a, b, d = c[iy - 1, ix], c[iy, ix], c[iy + 1, ix]
+        den = a - 2 * b + d
+        dy = 0.5 * (a - d) / den if den < 0 else 0.0
+    if 0 < ix < c.shape[1] - 1:
+        a, b, d = c[iy, ix - 1], c[iy, ix], c[iy, ix + 1]
+        den = a - 2 * b + d
+        dx = 0.5 * (a - d) / den if den < 0 else 0.0
+    return iy + dy, ix + dx, float(c[iy, ix])
+
+
 def _peak(c: np.ndarray) -> Tuple[float, float, float, float]:
-    """Sub-pixel peak (y, x), its value and its margin over the best value two or more cells away."""
+    """:func:`subpixel_peak` and its margin over the best value two or more cells away; margin -1
+    when the peak lies on the border (the shift may lie outside the window)."""
     n = c.shape[0]
     iy, ix = np.unravel_index(int(np.argmax(c)), c.shape)
-    val = float(c[iy, ix])
     if not (0 < iy < n - 1 and 0 < ix < n - 1):
-        return float(iy), float(ix), val, -1.0
-    dy = c[iy - 1, ix] - 2 * val + c[iy + 1, ix]
-    dx = c[iy, ix - 1] - 2 * val + c[iy, ix + 1]
-    oy = 0.5 * (c[iy - 1, ix] - c[iy + 1, ix]) / dy if dy < 0 else 0.0
-    ox = 0.5 * (c[iy, ix - 1] - c[iy, ix + 1]) / dx if dx < 0 else 0.0
+        return float(iy), float(ix), float(c[iy, ix]), -1.0
+    py, px, val = subpixel_peak(c)
     rest = c.copy()
     rest[max(0, iy - 2):iy + 3, max(0, ix - 2):ix + 3] = -np.inf
-    return iy + float(np.clip(oy, -0.5, 0.5)), ix + float(np.clip(ox, -0.5, 0.5)), val, val - float(rest.max())
+    return py, px, val, val - float(rest.max())
 
 
 def block_shifts(vfield: np.ndarray, ifield: np.ndarray, imask: np.ndarray, block: int, stride: int,
@@ -122,38 +135,34 @@ def _jacobian(h: np.ndarray, pts: np.ndarray, n_par: int) -> Tuple[np.ndarray, n
 
 
 def fit_irls(h: np.ndarray, src: np.ndarray, dst: np.ndarray, model: str, scale: float,
-             weights: np.ndarray = None, iters: int = 10) -> Tuple[np.ndarray, np.ndarray]:
+             iters: int = 10) -> np.ndarray:
     """M-estimate of H from ``h``: Gauss-Newton with Cauchy weights of scale ``scale`` (pixels),
-    so that every correspondence counts, a far one little; optional per-point ``weights``.
-    Returns H and the final robust weights."""
+    so that every correspondence counts, a far one little."""
     n_par = 8 if model == 'homography' else 6
     h = T.normalize(h.copy())
     if n_par == 6:
         h[2, :2] = 0
-    base = np.ones(len(src)) if weights is None else weights
     # centre and scale the coordinates so the normal equations are well conditioned
     m = np.r_[src, dst].mean(0)
     f = np.abs(np.r_[src, dst] - m).mean() + 1e-9
     n = np.array([[1 / f, 0, -m[0] / f], [0, 1 / f, -m[1] / f], [0, 0, 1]])
     g = T.normalize(n @ h @ np.linalg.inv(n))
     s_n, d_n = T.apply(n, src), T.apply(n, dst)
-    w = base
     for _ in range(iters):
         p, j = _jacobian(g, s_n, n_par)
         r = d_n - p
         e = np.linalg.norm(r, axis=1) * f
-        w = base / (1 + (e / scale) ** 2)
+        w = 1 / (1 + (e / scale) ** 2)
         a = np.einsum('n,nki,nkj->ij', w, j, j)
         b = np.einsum('n,nki,nk->i', w, j, r)
         try:
             step = np.linalg.solve(a + 1e-9 * np.trace(a) * np.eye(n_par), b)
         except np.linalg.LinAlgError:
             break
-        g = g.copy()
         g.flat[:n_par] += step
         if np.abs(step).max() < 1e-7:
             break
-    return T.normalize(np.linalg.inv(n) @ g @ n), w
+    return T.normalize(np.linalg.inv(n) @ g @ n)
 
 
 def block_refine(pair, h_full: np.ndarray, model: str, passes: Sequence[Tuple[int, int, int, int, float]],
@@ -178,7 +187,7 @@ def block_refine(pair, h_full: np.ndarray, model: str, passes: Sequence[Tuple[in
         g, inl = fit_robust(src, dst, model, thr)
         if g is None:
             break
-        g, _ = fit_irls(g, src, dst, model, thr)
+        g = fit_irls(g, src, dst, model, thr)
         h_cur = T.normalize(np.linalg.inv(a_vis) @ g @ a_vis @ h_cur)
         res = np.linalg.norm(T.apply(g, src[inl]) - dst[inl], axis=1)
         f = max(pair.vis_size) / max(size)

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from fusion.registration import transforms as T
-from fusion.registration.blocks import block_refine
+from fusion.registration.blocks import block_refine, subpixel_peak
 from fusion.registration.refine import gauss_newton
 from fusion.registration.structure import structure_maps, valid_mask
 
@@ -211,20 +211,6 @@ def _correlation_surface(vis_fft: np.ndarray, field: np.ndarray, pad: Tuple[int,
     return c / norm
 
 
-def _subpixel_peak(c: np.ndarray) -> Tuple[float, float, float]:
-    iy, ix = np.unravel_index(int(np.argmax(c)), c.shape)
-    dy = dx = 0.0
-    if 0 < iy < c.shape[0] - 1:
-        a, b, d = c[iy - 1, ix], c[iy, ix], c[iy + 1, ix]
-        den = a - 2 * b + d
-        dy = 0.5 * (a - d) / den if den < 0 else 0.0
-    if 0 < ix < c.shape[1] - 1:
-        a, b, d = c[iy, ix - 1], c[iy, ix], c[iy, ix + 1]
-        den = a - 2 * b + d
-        dx = 0.5 * (a - d) / den if den < 0 else 0.0
-    return iy + dy, ix + dx, float(c[iy, ix])
-
-
 def _parabola(v: np.ndarray) -> float:
     """Offset (in steps, within +-0.5) of the vertex of the parabola through three values."""
     den = v[0] - 2 * v[1] + v[2]
@@ -257,7 +243,7 @@ def grid_search(pair: _Pair, base: np.ndarray, long_side: int, scales: np.ndarra
             h_try = T.similarity_about(center_full, sc, ang) @ base
             field, _, _, _ = pair.ir_on_vis_level(h_try, long_side, sigma=sigma)
             c = _correlation_surface(vis_fft, field, pad, r, v_energy * _energy(field))
-            py, px, val = _subpixel_peak(c)
+            py, px, val = subpixel_peak(c)
             values[i, j] = val
             if best is None or val > best['value']:
                 best = {'value': val, 'i': i, 'j': j, 'dy': py - r[0], 'dx': px - r[1], 'surface': c, 'h': h_try}
@@ -270,7 +256,7 @@ def grid_search(pair: _Pair, base: np.ndarray, long_side: int, scales: np.ndarra
         h_try = T.similarity_about(center_full, sc, ang) @ base
         field, _, _, _ = pair.ir_on_vis_level(h_try, long_side, sigma=sigma)
         c = _correlation_surface(vis_fft, field, pad, r, v_energy * _energy(field))
-        py, px, val = _subpixel_peak(c)
+        py, px, val = subpixel_peak(c)
         if val >= best['value']:
             best.update(value=val, dy=py - r[0], dx=px - r[1], surface=c, h=h_try)
     f = size[1] / pair.vis_size[1], size[0] / pair.vis_size[0]
@@ -325,7 +311,7 @@ def region_shifts(pair: _Pair, h: np.ndarray, long_side: int, grid: int, radius:
             vb = vfield[y0 - radius:y0 + rh + radius, x0 - radius:x0 + rw + radius]
             c = np.fft.ifft2(np.fft.fft2(vb, s=pad) * np.conj(np.fft.fft2(ib, s=pad))).real
             c = c[:2 * radius + 1, :2 * radius + 1] / (_energy(ib) * _energy(vb))
-            py, px, val = _subpixel_peak(c)
+            py, px, val = subpixel_peak(c)
             if min(py, px) < 0.5 or max(py, px) > 2 * radius - 0.5:
                 continue  # the peak on the window's edge: no reliable shift here
             z = (val - float(c.mean())) / (float(c.std()) + 1e-9)
@@ -382,7 +368,7 @@ def confidence(pair: _Pair, h: np.ndarray, opt: RegistrationOptions) -> dict:
     centre = float(c[rad, rad])
     z = (centre - float(ring.mean())) / (float(ring.std()) + 1e-9)
     near = np.where(dist <= 3, c, -np.inf)
-    py, px, _ = _subpixel_peak(near)
+    py, px, _ = subpixel_peak(near)
     return {'z': z, 'ncc': centre, 'peak_offset': float(np.hypot(py - rad, px - rad)),
             'structure_ir': istrong, 'structure_vis': vstrong}
 
@@ -445,13 +431,12 @@ def register_arrays(ir: np.ndarray, vis: np.ndarray, opt: Optional[RegistrationO
                                   {'structure_ir': round(istrong0, 4), 'structure_vis': round(vstrong, 4)})
     coarse = coarse_search(pair, prior, opt)
     h, _ = local_search(pair, coarse['H'], opt)
-    conf = confidence(pair, h, opt)
     refine_details: Dict[str, object] = {}
     if opt.refine_model != 'none' and opt.refine_method == 'blocks':
         h, block_info = block_refine(pair, h, opt.refine_model, opt.block_passes, opt.block_min_margin)
-        conf = confidence(pair, h, opt)
         refine_details = {'refine_' + k: v for k, v in block_info.items()}
-    elif opt.refine_model != 'none':
+    conf = confidence(pair, h, opt)
+    if opt.refine_model != 'none' and opt.refine_method == 'gauss_newton':
         # the continuous refinement is kept only where it raises the structure correlation
         h_gn, gn_info = gauss_newton(pair, h, opt.refine_model, opt.refine_levels)
         conf_gn = confidence(pair, h_gn, opt)
