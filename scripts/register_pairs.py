@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
 from fusion.registration import MODELS, RegistrationOptions, load_transform, register_folders  # noqa: E402
-from fusion.registration.estimate import REFINE_METHODS, REFINE_MODELS  # noqa: E402
+from fusion.registration.estimate import DISTORTIONS, REFINE_METHODS, REFINE_MODELS  # noqa: E402
 from fusion.utils.cli import add_pair_arguments, run_cli  # noqa: E402
 from fusion.utils.entry_io import input_arg, number_arg, output_arg, parse_checked  # noqa: E402
 
@@ -28,17 +28,21 @@ def add_registration_arguments(parser: argparse.ArgumentParser) -> None:
                         help='model of the refinement after the grid searches (default homography; none: off)')
     parser.add_argument('--refine-method', default=RegistrationOptions.refine_method, choices=REFINE_METHODS,
                         help='blocks (default: block matching, robust fit) | gauss_newton')
+    parser.add_argument('--distortion', default=RegistrationOptions.distortion, choices=DISTORTIONS,
+                        help='radial (default: the block refinement also fits the lens term k1) | none '
+                             '(a plain homography)')
     number_arg(parser, '--min-score', float, default=None,
                help=f'confidence threshold, a z score (default {RegistrationOptions.min_score})')
     number_arg(parser, '--fit-once', int, min=0, nargs='?', const=0, default=None, metavar='N',
                help='one transform for a fixed rig, fitted over all (or N sampled) pairs, applied to all')
     input_arg(parser, '--transform', kind='file', default=None,
-              help='apply this saved 3x3 transform (JSON "H" or 3 rows)')
+              help='apply this saved transform (JSON "H" and optional "k1", or 3 rows)')
     parser.add_argument('--keep-unsure', action='store_true', help='write the unsure pairs too')
 
 
 def options_from_args(args) -> RegistrationOptions:
-    kw = {'model': args.model, 'refine_model': args.refine, 'refine_method': args.refine_method}
+    kw = {'model': args.model, 'refine_model': args.refine, 'refine_method': args.refine_method,
+          'distortion': args.distortion}
     if args.min_score is not None:
         kw['min_score'] = args.min_score
     return RegistrationOptions(**kw)

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from conftest import BENCHMARKS, DATASETS, ROOT
 
-from fusion.registration import RegistrationOptions, load_transform, register_arrays, register_folders
+from fusion.registration import (RegistrationOptions, RegistrationResult, load_transform, register_arrays,
+                                 register_folders)
 from fusion.registration import transforms as T
-from fusion.registration.blocks import block_shifts, fit_irls, fit_robust
+from fusion.registration.blocks import block_shifts, corner_spread, fit_irls, fit_robust
 from fusion.registration.folders import fit_once
 from fusion.registration.structure import structure_maps
 from fusion.utils.img_util import ImageReadError, read_ir
@@ -49,9 +50,9 @@ def test_known_transform_is_recovered_within_a_pixel(ds, name, size):
         r0, r = register_arrays(ir, vis, opt), register_arrays(warped, vis, opt)
         assert r.ok and r0.ok, (refine, r0.reason, r.reason)
         # consistency: the estimate on the warped pair equals the original estimate after undoing tr
-        assert T.corner_error(r.H, r0.H @ np.linalg.inv(tr), vis.shape) < 1.0, refine
+        assert T.corner_error(r.H, r0.H @ np.linalg.inv(tr), vis.shape, r.k1, r0.k1) < 1.0, refine
     # and the transform is far from the identity, so that was no free pass
-    assert T.corner_error(np.eye(3), r0.H @ np.linalg.inv(tr), vis.shape) > 10
+    assert T.corner_error(np.eye(3), r0.H @ np.linalg.inv(tr), vis.shape, k_ref=r0.k1) > 10
 
 
 @pytest.mark.parametrize('ds,name,size', [('TNO', '002.png', SIZE), ('MFNet', '00101D.png', SIZE),
@@ -70,7 +71,7 @@ def test_small_perspective_is_recovered_by_the_block_refinement(ds, name, size):
         opt = RegistrationOptions(min_score=5.0, refine_model=refine)
         r0, r = register_arrays(ir, vis, opt), register_arrays(warped, vis, opt)
         assert r.ok and r0.ok, (refine, r0.reason, r.reason)
-        errors[refine] = T.corner_error(r.H, r0.H @ np.linalg.inv(tr), vis.shape)
+        errors[refine] = T.corner_error(r.H, r0.H @ np.linalg.inv(tr), vis.shape, r.k1, r0.k1)
     assert errors['homography'] < 1.0, errors
     # the grid search alone cannot express the perspective: the refinement is what recovers it
     assert errors['none'] > 2 * errors['homography'] and errors['none'] > 1.5, errors
@@ -83,7 +84,7 @@ def test_gauss_newton_refinement_stays_available():
     opt = RegistrationOptions(min_score=5.0, refine_method='gauss_newton')
     r0, r = register_arrays(ir, vis, opt), register_arrays(warped, vis, opt)
     assert r.ok and 'refine_iterations' in r.details
-    assert T.corner_error(r.H, r0.H @ np.linalg.inv(tr), vis.shape) < 1.0
+    assert T.corner_error(r.H, r0.H @ np.linalg.inv(tr), vis.shape, r.k1, r0.k1) < 1.0
     with pytest.raises(ValueError, match='refine-method'):
         RegistrationOptions(refine_method='sift')
 
@@ -112,9 +113,9 @@ def test_robust_fit_ignores_outliers_and_counts_the_rest():
     dst = T.apply(h_true, src) + rng.normal(0, 0.2, (80, 2))
     dst[:20] += rng.uniform(-15, 15, (20, 2))  # a quarter are wrong matches
     h, inliers = fit_robust(src, dst, 'homography', 1.5)
-    h = fit_irls(h, src, dst, 'homography', 1.5)
+    h, k1 = fit_irls(h, src, dst, 'homography', 1.5)
     assert inliers[20:].mean() > 0.9 and inliers[:20].mean() < 0.3
-    assert T.corner_error(h, h_true, (300, 300)) < 0.3
+    assert T.corner_error(h, h_true, (300, 300)) < 0.3 and k1 == 0
     too_few, none = fit_robust(src[:4], dst[:4], 'homography', 1.5)
     assert too_few is None
 
@@ -125,6 +126,62 @@ def test_too_few_agreeing_blocks_make_a_pair_unsure():
     assert not r.ok and 'blocks agree' in r.reason and r.details['refine_inliers'] > 0
 
 
+def test_lens_term_is_measured_and_matters():
+    """The visible image re-imaged through a known barrel-free lens term (k1 = 0.05): the estimate's
+    k1 grows by that much and its full transform D(H x) lands within a pixel of the composed truth,
+    where a plain homography is pixels off."""
+    ir, vis = _pair('M3FD', '00000.png', (360, 480))
+    size, k_add = vis.shape, 0.05
+    lensed = T.warp(vis, np.eye(3), size, k_add, border_mode=cv2.BORDER_REFLECT)  # content at p moves to D(p)
+    opt = RegistrationOptions(min_score=5.0)
+    r0, r = register_arrays(ir, vis, opt), register_arrays(ir, lensed, opt)
+    plain = register_arrays(ir, lensed, RegistrationOptions(min_score=5.0, distortion='none'))
+    assert r0.ok and r.ok, (r0.reason, r.reason)
+    assert abs(r.k1 - r0.k1 - k_add) < 0.01, (r0.k1, r.k1)
+    c = T.corners(size)
+
+    def error(h, k1):  # where the truth, D_add(D_0(H_0 x)), puts the points h maps onto the corners
+        x = T.unmap_points(h, c, size, k1)
+        return float(np.linalg.norm(T.distort(T.map_points(r0.H, x, size, r0.k1), k_add, size) - c, axis=1).mean())
+    errors = error(r.H, r.k1), error(plain.H, 0.0)
+    assert errors[0] < 1.0 and plain.k1 == 0 and errors[1] > 2.0, errors
+
+
+def test_warp_with_a_lens_term_matches_the_exact_map():
+    rng = np.random.default_rng(1)
+    img = cv2.GaussianBlur(rng.random((120, 160)).astype(np.float32), (0, 0), 2)
+    h = T.similarity_about((80, 60), 1.04, 3.0, (4, -2))
+    out = T.warp(img, h, (100, 150), 0.06)
+    yy, xx = np.mgrid[0:100, 0:150].astype(np.float64)
+    src = T.unmap_points(h, np.stack([xx.ravel(), yy.ravel()], 1), (100, 150), 0.06).astype(np.float32)
+    exact = cv2.remap(img, src[:, 0].reshape(100, 150), src[:, 1].reshape(100, 150), cv2.INTER_LINEAR)
+    assert np.abs(out - exact).max() < 1e-3
+    pts = rng.uniform(0, 150, (20, 2))
+    assert np.allclose(T.undistort(T.distort(pts, 0.06, (100, 150)), 0.06, (100, 150)), pts, atol=1e-4)
+
+
+def test_corner_spread_separates_one_plane_from_parallax():
+    """Correspondences of one homography over the frame barely move the corners when a ninth is left
+    out. Far structure in a band and a few near points (8 px of parallax) in one place swing them:
+    the fit's corners rest on those few points, and such a pair is not trusted."""
+    rng = np.random.default_rng(0)
+    size = (240, 320)
+    h_true = T.normalize(np.array([[1.01, 0.02, 3.0], [-0.01, 0.99, -2.0], [2e-5, -1e-5, 1.0]]))
+    grid = np.stack(np.meshgrid(np.arange(20, 300, 24.0), np.arange(20, 220, 24.0)), -1).reshape(-1, 2)
+    dst = T.apply(h_true, grid) + rng.normal(0, 0.3, grid.shape)
+    one = corner_spread(h_true, 0.0, grid, dst, 'homography', 1.5, size, radial=True)
+    band = np.stack(np.meshgrid(np.arange(20, 300, 24.0), np.array([20, 44.0, 68])), -1).reshape(-1, 2)
+    src = np.r_[band, [[130, 190.], [150, 200], [170, 190], [190, 205]]]
+    dst = T.apply(h_true, src) + rng.normal(0, 0.3, src.shape)
+    dst[len(band):, 1] += 8.0
+    h_fit, k_fit = fit_irls(h_true, src, dst, 'homography', 1.5, radial_size=size)
+    parallax = corner_spread(h_fit, k_fit, src, dst, 'homography', 1.5, size, radial=True)
+    assert one < 1.0 and parallax > 5.0, (one, parallax)
+    ir, vis = _pair('TNO', '002.png')
+    r = register_arrays(ir, vis, RegistrationOptions(min_score=5.0, max_corner_spread=0.0))
+    assert not r.ok and 'which part of the image is seen' in r.reason and r.details['refine_corner_spread_px'] > 0
+
+
 def test_lower_infrared_resolution_and_other_aspect_ratio():
     ir, vis = _pair('TNO', '002.png')
     tr = T.grid_scale(ir.shape, (ir.shape[0] // 2, ir.shape[1] * 2 // 5)) @ _known(ir.shape, -2.0, 0.95, (-7, 5))
@@ -132,7 +189,7 @@ def test_lower_infrared_resolution_and_other_aspect_ratio():
     warped = cv2.warpPerspective(ir, tr, (small[1], small[0]), flags=cv2.INTER_AREA)
     r0, r = register_arrays(ir, vis), register_arrays(warped, vis)
     assert warped.shape != vis.shape and r.ok, r.reason
-    assert T.corner_error(r.H, r0.H @ np.linalg.inv(tr), vis.shape) < 1.5
+    assert T.corner_error(r.H, r0.H @ np.linalg.inv(tr), vis.shape, r.k1, r0.k1) < 1.5
 
 
 def test_doubtful_pairs_are_flagged_with_a_reason():
@@ -150,23 +207,33 @@ def test_doubtful_pairs_are_flagged_with_a_reason():
 
 def test_fit_once_takes_the_robust_centre():
     size = (100, 120)
-    good = [type('R', (), {'ok': True, 'H': _known(size, 1.0 + d, 1.0, (3, 2))})() for d in (-0.05, 0.0, 0.05)]
-    bad = [type('R', (), {'ok': True, 'H': _known(size, 4.0, 1.1, (20, 0))})(),
-           type('R', (), {'ok': False, 'H': np.eye(3)})()]
-    h = fit_once(good + bad, size, size)
-    assert T.corner_error(h, _known(size, 1.0, 1.0, (3, 2)), size) < 0.2
+
+    def result(ok, h, k1):
+        return RegistrationResult(h, ok, 10.0, k1=k1)
+    good = [result(True, _known(size, 1.0 + d, 1.0, (3, 2)), 0.03 + d / 100) for d in (-0.05, 0.0, 0.05)]
+    bad = [result(True, _known(size, 4.0, 1.1, (20, 0)), 0.1), result(False, np.eye(3), 0.0)]
+    h, k1 = fit_once(good + bad, size, size)
+    assert abs(k1 - 0.03) < 0.001
+    assert T.corner_error(h, _known(size, 1.0, 1.0, (3, 2)), size, k1, 0.03) < 0.2
 
 
 def test_transform_file_shapes(tmp_path):
     good = tmp_path / 'h.json'
     good.write_text(json.dumps({'H': [[1, 0, 2], [0, 1, 3], [0, 0, 1]]}))
-    assert load_transform(str(good))[0, 2] == 2
+    h, k1 = load_transform(str(good))
+    assert h[0, 2] == 2 and k1 == 0
     rows = tmp_path / 'h.txt'
     rows.write_text('1 0 2\n0 1 3\n0 0 1\n')
-    assert load_transform(str(rows))[1, 2] == 3
+    assert load_transform(str(rows))[0][1, 2] == 3
+    lens = tmp_path / 'lens.json'
+    lens.write_text(json.dumps({'fit_once': {'H': [[1, 0, 2], [0, 1, 3], [0, 0, 1]], 'k1': 0.04}}))
+    assert load_transform(str(lens))[1] == 0.04
     bad = tmp_path / 'bad.json'
     bad.write_text(json.dumps({'H': [[1, 0], [0, 1]]}))
     with pytest.raises(ValueError, match='3x3'):
+        load_transform(str(bad))
+    bad.write_text(json.dumps({'H': [[1, 0, 2], [0, 1, 3], [0, 0, 1]], 'k1': 'strong'}))
+    with pytest.raises(ValueError, match='k1'):
         load_transform(str(bad))
 
 
@@ -188,7 +255,7 @@ def test_folders_write_fusion_inputs_report_and_pictures(tmp_path):
     data = json.load(open(osp.join(out, 'registration.json')))
     assert set(data['pairs']) == {'001', '002'} and data['unsure'] == report['unsure']
     for name, entry in data['pairs'].items():
-        assert np.asarray(entry['H']).shape == (3, 3) and {'score', 'ok', 'reason'} <= set(entry)
+        assert np.asarray(entry['H']).shape == (3, 3) and {'k1', 'score', 'ok', 'reason'} <= set(entry)
         assert osp.isfile(osp.join(out, 'check', name + '.jpg'))
         assert entry['written'] == osp.isfile(osp.join(out, 'ir', name + '.png')) == entry['ok']
         if entry['ok']:
@@ -196,11 +263,12 @@ def test_folders_write_fusion_inputs_report_and_pictures(tmp_path):
             assert osp.isfile(osp.join(out, 'vis', name + '.png'))
     # a saved transform is applied as it is
     tfile = tmp_path / 't.json'
-    tfile.write_text(json.dumps({'H': T.to_list(_known(SIZE, 0, 1, (5, 0)))}))
+    tfile.write_text(json.dumps({'H': T.to_list(_known(SIZE, 0, 1, (5, 0))), 'k1': 0.02}))
     out2 = str(tmp_path / 'out2')
     rep2 = register_folders(ir_dir, vis_dir, out2, transform=load_transform(str(tfile)), keep_unsure=True,
                             progress=False)
-    assert all(np.allclose(e['H'], _known(SIZE, 0, 1, (5, 0))) and e['written'] for e in rep2['pairs'].values())
+    assert all(np.allclose(e['H'], _known(SIZE, 0, 1, (5, 0))) and e['k1'] == 0.02 and e['written']
+               for e in rep2['pairs'].values())
     assert all(not e['ok'] for e in rep2['pairs'].values())  # 5 px off the real alignment: not confident
 
 

@@ -16,7 +16,7 @@ and residual are a second, independent confidence measure.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -134,63 +134,118 @@ def _jacobian(h: np.ndarray, pts: np.ndarray, n_par: int) -> Tuple[np.ndarray, n
     return np.stack([u, v], 1), j
 
 
-def fit_irls(h: np.ndarray, src: np.ndarray, dst: np.ndarray, model: str, scale: float,
-             iters: int = 10) -> np.ndarray:
-    """M-estimate of H from ``h``: Gauss-Newton with Cauchy weights of scale ``scale`` (pixels),
-    so that every correspondence counts, a far one little."""
+def fit_irls(h: np.ndarray, src: np.ndarray, dst: np.ndarray, model: str, scale: float, iters: int = 10,
+             radial_size: Optional[Tuple[int, int]] = None, k1: float = 0.0) -> Tuple[np.ndarray, float]:
+    """M-estimate of ``D(H x)`` from ``h`` (and ``k1``): Gauss-Newton with Cauchy weights of scale
+    ``scale`` (pixels), so that every correspondence counts, a far one little. With
+    ``radial_size`` (the visible frame, :func:`fusion.registration.transforms.distort`) the lens
+    term ``k1`` is fitted too; without, it stays as given. Returns ``(H, k1)``."""
     n_par = 8 if model == 'homography' else 6
+    n_all = n_par + (radial_size is not None)
     h = T.normalize(h.copy())
     if n_par == 6:
         h[2, :2] = 0
-    # centre and scale the coordinates so the normal equations are well conditioned
+    # centre and scale the coordinates so the normal equations are well conditioned (a similarity:
+    # the lens term keeps its k1 in the normalised frame)
     m = np.r_[src, dst].mean(0)
     f = np.abs(np.r_[src, dst] - m).mean() + 1e-9
     n = np.array([[1 / f, 0, -m[0] / f], [0, 1 / f, -m[1] / f], [0, 0, 1]])
     g = T.normalize(n @ h @ np.linalg.inv(n))
+    centre, radius = T.radial_frame(radial_size) if radial_size is not None else T.radial_frame((1, 1))
+    centre, radius = (centre - m) / f, radius / f
     s_n, d_n = T.apply(n, src), T.apply(n, dst)
     for _ in range(iters):
         p, j = _jacobian(g, s_n, n_par)
-        r = d_n - p
+        d = p - centre
+        rho2 = np.sum(d ** 2, axis=1) / radius ** 2
+        # D'(p) = (1 + k rho^2) I + 2 k / R^2 d d^T, chained onto dp/dH; dD/dk = d rho^2
+        jac = (1 + k1 * rho2)[:, None, None] * j + (2 * k1 / radius ** 2) * d[:, :, None] * np.einsum(
+            'nk,nki->ni', d, j)[:, None, :]
+        if n_all > n_par:
+            jac = np.concatenate([jac, (d * rho2[:, None])[:, :, None]], axis=2)
+        r = d_n - (centre + d * (1 + k1 * rho2)[:, None])
         e = np.linalg.norm(r, axis=1) * f
         w = 1 / (1 + (e / scale) ** 2)
-        a = np.einsum('n,nki,nkj->ij', w, j, j)
-        b = np.einsum('n,nki,nk->i', w, j, r)
+        a = np.einsum('n,nki,nkj->ij', w, jac, jac)
+        b = np.einsum('n,nki,nk->i', w, jac, r)
         try:
-            step = np.linalg.solve(a + 1e-9 * np.trace(a) * np.eye(n_par), b)
+            step = np.linalg.solve(a + 1e-9 * np.trace(a) * np.eye(n_all), b)
         except np.linalg.LinAlgError:
             break
-        g.flat[:n_par] += step
+        g.flat[:n_par] += step[:n_par]
+        if n_all > n_par:
+            k1 += float(step[n_par])
         if np.abs(step).max() < 1e-7:
             break
-    return T.normalize(np.linalg.inv(n) @ g @ n)
+    return T.normalize(np.linalg.inv(n) @ g @ n), float(k1)
+
+
+def corner_spread(h: np.ndarray, k1: float, src: np.ndarray, dst: np.ndarray, model: str, scale: float,
+                  size: Tuple[int, int], radial: bool, cells: int = 3) -> float:
+    """How much the fitted transform at the visible frame's corners depends on which part of the
+    image is seen: a spatial jackknife. The correspondences (infrared ``src`` -> visible ``dst``,
+    a ``size`` frame) are split by visible position into ``cells`` x ``cells`` groups; the fit of
+    ``D(H x)`` is repeated without each group in turn, and the largest mean corner move (pixels) is
+    returned. A real scene that the model describes only in part (parallax) gives a fit whose
+    corners swing when a region is left out, and such an estimate cannot be trusted at the corners
+    however well it scores. Infinite when one group holds so many blocks that the rest cannot be
+    fitted."""
+    hh, ww = size
+    gx = np.clip((dst[:, 0] / ww * cells).astype(int), 0, cells - 1)
+    gy = np.clip((dst[:, 1] / hh * cells).astype(int), 0, cells - 1)
+    group = gy * cells + gx
+    need = (4 if model == 'homography' else 3) + radial
+    worst = 0.0
+    for k in np.unique(group):
+        keep = group != k
+        if keep.sum() < need + 2:
+            return float('inf')
+        h_k, k_k = fit_irls(h, src[keep], dst[keep], model, scale, radial_size=size if radial else None, k1=k1)
+        worst = max(worst, T.corner_error(h_k, h, size, k_k, k1))
+    return worst
 
 
 def block_refine(pair, h_full: np.ndarray, model: str, passes: Sequence[Tuple[int, int, int, int, float]],
-                 min_margin: float = 0.02) -> Tuple[np.ndarray, dict]:
+                 min_margin: float = 0.02, radial: bool = True, max_k1: float = 0.15,
+                 min_radial_blocks: int = 24) -> Tuple[np.ndarray, float, dict]:
     """Refines ``h_full`` (infrared -> visible, full resolution) by passes of (visible long side,
     block, stride, radius, inlier threshold), all in level pixels; ``pair`` is the estimate's
-    ``_Pair``. Each pass: block shifts (those with a peak margin of at least ``min_margin``),
-    MAGSAC++ for the inliers, then a Cauchy M-estimate over all of them (scale: the threshold), so
-    that which blocks a crop removes changes the fit little. Returns the refined transform and the
-    last pass's diagnostics: blocks measured, blocks used, inliers, inlier RMS residual
-    (full-resolution pixels), passes run."""
-    h_cur = h_full.copy()
-    info = {'blocks': 0, 'used': 0, 'inliers': 0, 'rms_px': None, 'passes': 0}
+    ``_Pair``. Each pass warps the infrared image by the current transform, measures block shifts
+    (those with a peak margin of at least ``min_margin``), turns them into infrared -> visible
+    correspondences at full resolution, takes MAGSAC++'s inliers, then fits ``D(H x)`` by a Cauchy
+    M-estimate over all of them (scale: the threshold), so that which blocks a crop removes changes
+    the fit little. With ``radial`` the lens term ``k1`` is fitted too, where at least
+    ``min_radial_blocks`` blocks are inliers (fewer leave it noisy: small images); a fit with
+    ``|k1|`` above ``max_k1`` (not a lens the data supports) is replaced by the plain homography. Returns the
+    transform, its ``k1`` and the last pass's diagnostics: blocks measured, blocks used, inliers,
+    inlier RMS residual (full-resolution pixels), passes run, and the corners' spread when one ninth
+    of the blocks is left out (:func:`corner_spread`, pixels, capped at 1e6)."""
+    h_cur, k_cur = h_full.copy(), 0.0
+    vis_size = pair.vis_size
+    info = {'blocks': 0, 'used': 0, 'inliers': 0, 'rms_px': None, 'passes': 0, 'corner_spread_px': None}
     for long_side, block, stride, radius, thr in passes:
         size, a_vis, vfield, _, _ = pair.vis_level(long_side)
-        ifield, _, _, imask = pair.ir_on_vis_level(h_cur, long_side)
+        ifield, _, _, imask = pair.ir_on_vis_level(h_cur, long_side, k1=k_cur)
         src, dst, q = block_shifts(vfield, ifield, imask, block, stride, radius)
         keep = q[:, 1] >= min_margin
         info.update(blocks=int(len(q)), used=int(keep.sum()), inliers=0)
-        src, dst = src[keep], dst[keep]
-        # fit in the level's visible grid: the increment G maps the warped infrared onto the visible
-        g, inl = fit_robust(src, dst, model, thr)
+        # full-resolution correspondences: infrared points under the current warp -> visible points
+        to_full = np.linalg.inv(a_vis)
+        dst_full = T.apply(to_full, dst[keep])
+        src_ir = T.unmap_points(h_cur, T.apply(to_full, src[keep]), vis_size, k_cur)
+        thr_full = thr * max(vis_size) / max(size)
+        # the inliers of a homography in the current lens term's undistorted frame
+        g, inl = fit_robust(src_ir, T.undistort(dst_full, k_cur, vis_size), model, thr_full)
         if g is None:
             break
-        g = fit_irls(g, src, dst, model, thr)
-        h_cur = T.normalize(np.linalg.inv(a_vis) @ g @ a_vis @ h_cur)
-        res = np.linalg.norm(T.apply(g, src[inl]) - dst[inl], axis=1)
-        f = max(pair.vis_size) / max(size)
-        info.update(inliers=int(inl.sum()), rms_px=round(float(np.sqrt(np.mean(res ** 2)) * f), 3),
-                    passes=info['passes'] + 1)
-    return h_cur, info
+        lens = radial and inl.sum() >= min_radial_blocks
+        h_new, k_new = fit_irls(g, src_ir, dst_full, model, thr_full, radial_size=vis_size if lens else None,
+                                k1=k_cur if lens else 0.0)
+        if abs(k_new) > max_k1:
+            h_new, k_new = fit_irls(g, src_ir, dst_full, model, thr_full)
+        h_cur, k_cur = h_new, k_new
+        res = np.linalg.norm(T.map_points(h_cur, src_ir[inl], vis_size, k_cur) - dst_full[inl], axis=1)
+        spread = corner_spread(h_cur, k_cur, src_ir, dst_full, model, thr_full, vis_size, radial and k_cur != 0)
+        info.update(inliers=int(inl.sum()), rms_px=round(float(np.sqrt(np.mean(res ** 2))), 3),
+                    passes=info['passes'] + 1, corner_spread_px=round(min(spread, 1e6), 3))
+    return h_cur, k_cur, info

@@ -35,6 +35,7 @@ from fusion.registration.structure import structure_maps, valid_mask
 MODELS = ('similarity', 'affine', 'homography')
 REFINE_MODELS = ('none', 'affine', 'homography')
 REFINE_METHODS = ('blocks', 'gauss_newton')
+DISTORTIONS = ('radial', 'none')
 
 
 @dataclasses.dataclass
@@ -65,7 +66,8 @@ class RegistrationOptions:
     min_structure          0.02        minimum strong-edge fraction in each image
     max_peak_offset        1.5         the correlation peak at ``check_size`` within this many
                                        pixels of the estimate
-    max_level_disagreement 4.0         coarse and fine estimates within this many coarse pixels
+    max_level_disagreement 4.0         coarse and fine estimates within this many coarse pixels on
+                                       the corners of the central half
     refine_model           homography  the model of the refinement after the grid searches:
                                        ``homography``, ``affine`` or ``none`` (grid searches only)
     refine_method          blocks      ``blocks`` (:mod:`fusion.registration.blocks`: local block
@@ -77,6 +79,15 @@ class RegistrationOptions:
     block_min_margin       0.02        a block counts when its correlation peak stands out of the
                                        runner-up by this much
     min_block_inliers      12          fewer blocks agreeing on the transform: ``ok: false``
+    max_corner_spread      5.0         ``ok: false`` when leaving one ninth of the blocks out moves
+                                       the corners by more (mean, visible pixels; see
+                                       :func:`fusion.registration.blocks.corner_spread`)
+    distortion             radial      ``radial``: the block refinement also fits the lens term
+                                       ``k1`` (the transform is ``D(H x)``,
+                                       :mod:`fusion.registration.transforms`); ``none``: a plain
+                                       homography (``k1`` = 0)
+    max_k1                 0.15        a fitted ``|k1|`` above this is no lens: plain homography
+    min_radial_blocks      24          fewer inlier blocks (small images): plain homography
     refine_levels          2 levels    (long side, blur sigma, iterations) of ``gauss_newton``
     ====================== =========== ============================================================
     """
@@ -106,12 +117,18 @@ class RegistrationOptions:
     block_passes: Tuple[Tuple[int, int, int, int, float], ...] = ((640, 64, 32, 8, 1.5), (1024, 96, 48, 4, 1.5))
     block_min_margin: float = 0.02
     min_block_inliers: int = 12
+    max_corner_spread: float = 5.0
+    distortion: str = 'radial'
+    max_k1: float = 0.15
+    min_radial_blocks: int = 24
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f'--model must be one of {", ".join(MODELS)}, got {self.model!r}')
         if self.refine_model not in REFINE_MODELS:
             raise ValueError(f'--refine must be one of {", ".join(REFINE_MODELS)}, got {self.refine_model!r}')
+        if self.distortion not in DISTORTIONS:
+            raise ValueError(f'--distortion must be one of {", ".join(DISTORTIONS)}, got {self.distortion!r}')
         if self.refine_method not in REFINE_METHODS:
             raise ValueError(f'--refine-method must be one of {", ".join(REFINE_METHODS)}, got {self.refine_method!r}')
 
@@ -123,10 +140,11 @@ class RegistrationResult:
     score: float
     reason: str = ''
     details: Dict[str, object] = dataclasses.field(default_factory=dict)
+    k1: float = 0.0                    # the visible lens term: the transform is D(H x) (transforms.py)
 
     def to_json(self) -> dict:
-        return {'H': T.to_list(self.H), 'score': round(float(self.score), 3), 'ok': bool(self.ok),
-                'reason': self.reason, **self.details}
+        return {'H': T.to_list(self.H), 'k1': round(float(self.k1), 6), 'score': round(float(self.score), 3),
+                'ok': bool(self.ok), 'reason': self.reason, **self.details}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,9 +191,10 @@ class _Pair:
             self._vis_maps[key] = (size, a, field, strength, strong)
         return self._vis_maps[key]
 
-    def ir_on_vis_level(self, h_full: np.ndarray, long_side: int, sigma: float = 1.0):
-        """The infrared image warped by ``h_full`` onto the visible grid at a level: (field,
-        strength, strong fraction, mask). Warps from an infrared level of similar resolution."""
+    def ir_on_vis_level(self, h_full: np.ndarray, long_side: int, sigma: float = 1.0, k1: float = 0.0):
+        """The infrared image warped by ``D(h_full x)`` (lens term ``k1``) onto the visible grid at
+        a level: (field, strength, strong fraction, mask). Warps from an infrared level of similar
+        resolution."""
         size, a_vis, *_ = self.vis_level(long_side)
         # the source level: about the resolution the warp needs, rounded up to a multiple of 16 so
         # that neighbouring transforms share one resized infrared image
@@ -186,10 +205,8 @@ class _Pair:
         if src_size not in self._ir_levels:
             self._ir_levels[src_size] = (_resize(self.ir, src_size), _resize_mask(self.ir_mask, src_size))
         src, src_mask = self._ir_levels[src_size]
-        flags = cv2.INTER_LINEAR
-        warped = cv2.warpPerspective(src, m, (size[1], size[0]), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-        mask = cv2.warpPerspective(src_mask, m, (size[1], size[0]), flags=cv2.INTER_NEAREST,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        warped = T.warp(src, m, size, k1, flags=cv2.INTER_LINEAR, border_mode=cv2.BORDER_REPLICATE)
+        mask = T.warp(src_mask, m, size, k1, flags=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT)
         field, strength, strong = structure_maps(warped, mask, sigma=sigma)
         return field, strength, strong, mask
 
@@ -354,11 +371,11 @@ def refine(pair: _Pair, h_init: np.ndarray, opt: RegistrationOptions) -> Tuple[n
 # ---------------------------------------------------------------------------------------------
 # confidence
 # ---------------------------------------------------------------------------------------------
-def confidence(pair: _Pair, h: np.ndarray, opt: RegistrationOptions) -> dict:
+def confidence(pair: _Pair, h: np.ndarray, opt: RegistrationOptions, k1: float = 0.0) -> dict:
     """z score of the aligned correlation against offsets of 3-24 pixels at ``check_size``, the
     correlation peak's distance from the estimate, and the structure of both images there."""
     size, _, vfield, _, vstrong = pair.vis_level(opt.check_size)
-    field, _, istrong, _ = pair.ir_on_vis_level(h, opt.check_size)
+    field, _, istrong, _ = pair.ir_on_vis_level(h, opt.check_size, k1=k1)
     rad = 24
     pad = (cv2.getOptimalDFTSize(size[0] + rad), cv2.getOptimalDFTSize(size[1] + rad))
     c = _correlation_surface(np.fft.fft2(vfield, s=pad), field, pad, (rad, rad), _energy(vfield) * _energy(field))
@@ -432,10 +449,13 @@ def register_arrays(ir: np.ndarray, vis: np.ndarray, opt: Optional[RegistrationO
     coarse = coarse_search(pair, prior, opt)
     h, _ = local_search(pair, coarse['H'], opt)
     refine_details: Dict[str, object] = {}
+    k1 = 0.0
     if opt.refine_model != 'none' and opt.refine_method == 'blocks':
-        h, block_info = block_refine(pair, h, opt.refine_model, opt.block_passes, opt.block_min_margin)
+        h, k1, block_info = block_refine(pair, h, opt.refine_model, opt.block_passes, opt.block_min_margin,
+                                         radial=opt.distortion == 'radial', max_k1=opt.max_k1,
+                                         min_radial_blocks=opt.min_radial_blocks)
         refine_details = {'refine_' + k: v for k, v in block_info.items()}
-    conf = confidence(pair, h, opt)
+    conf = confidence(pair, h, opt, k1)
     if opt.refine_model != 'none' and opt.refine_method == 'gauss_newton':
         # the continuous refinement is kept only where it raises the structure correlation
         h_gn, gn_info = gauss_newton(pair, h, opt.refine_model, opt.refine_levels)
@@ -447,16 +467,22 @@ def register_arrays(ir: np.ndarray, vis: np.ndarray, opt: Optional[RegistrationO
                           'refine_converged': bool(gn_info['converged'])}
     if opt.model != 'similarity':
         # the full model is kept only where it raises the structure correlation
+        # (a plain model without the lens term)
         h_full, _ = refine(pair, h, opt)
         conf_full = confidence(pair, h_full, opt)
         if conf_full['ncc'] > conf['ncc']:
-            h, conf = h_full, conf_full
+            h, conf, k1 = h_full, conf_full, 0.0
     reasons = _reasons(pair, h, prior, conf, opt)
     if 'refine_inliers' in refine_details and refine_details['refine_inliers'] < opt.min_block_inliers:
         reasons.append(f'only {refine_details["refine_inliers"]} blocks agree on the transform '
                        f'(< {opt.min_block_inliers})')
-    agree = T.corner_error(h, coarse['H'], pair.vis_size)
-    # the levels must agree: the fine estimate within a few coarse pixels of the coarse one
+    spread = refine_details.get('refine_corner_spread_px')
+    if spread is not None and spread > opt.max_corner_spread:
+        reasons.append(f'the corners depend on which part of the image is seen ({spread:.1f} px when one ninth '
+                       f'of the blocks is left out, > {opt.max_corner_spread}): parallax or lens distortion')
+    # the levels must agree: the fine estimate within a few coarse pixels of the coarse one, compared
+    # on the central half, where the lens term (which the coarse similarity lacks) moves little
+    agree = T.corner_error(h, coarse['H'], pair.vis_size, k_est=k1, inset=0.25)
     coarse_px = max(pair.vis_size) / opt.coarse_size
     if agree > opt.max_level_disagreement * coarse_px:
         reasons.append(f'the pyramid levels disagree ({agree:.1f} px between the coarse and the fine estimate)')
@@ -464,15 +490,15 @@ def register_arrays(ir: np.ndarray, vis: np.ndarray, opt: Optional[RegistrationO
         reasons.append('the coarse search found its best at the edge of the search range')
     details = dict(_details(conf), coarse_z=round(coarse['z'], 2), coarse_to_fine_px=round(agree, 2),
                    **refine_details)
-    return RegistrationResult(h, not reasons, conf['z'], '; '.join(reasons), details)
+    return RegistrationResult(h, not reasons, conf['z'], '; '.join(reasons), details, k1)
 
 
-def score_transform(ir: np.ndarray, vis: np.ndarray, h: np.ndarray,
-                    opt: Optional[RegistrationOptions] = None) -> RegistrationResult:
-    """The confidence of a given transform (``--fit-once``, ``--transform``) on one pair."""
+def score_transform(ir: np.ndarray, vis: np.ndarray, h: np.ndarray, opt: Optional[RegistrationOptions] = None,
+                    k1: float = 0.0) -> RegistrationResult:
+    """The confidence of a given transform ``D(H x)`` (``--fit-once``, ``--transform``) on one pair."""
     opt = opt or RegistrationOptions()
     pair = _Pair(np.ascontiguousarray(ir, np.float32), np.ascontiguousarray(vis, np.float32))
     prior = T.grid_scale(pair.ir_size, pair.vis_size)
-    conf = confidence(pair, h, opt)
+    conf = confidence(pair, h, opt, k1)
     reasons = _reasons(pair, h, prior, conf, opt)
-    return RegistrationResult(h, not reasons, conf['z'], '; '.join(reasons), _details(conf))
+    return RegistrationResult(h, not reasons, conf['z'], '; '.join(reasons), _details(conf), k1)

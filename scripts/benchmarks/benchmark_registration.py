@@ -17,7 +17,8 @@ on the odd ones (held out); confident pairs more than 5 px from the dataset's al
 apart (``confident_off_dataset``) with the edge agreement of both alignments, because the public
 alignment is itself off in places; ``edge_agreement_original_pairs`` compares the datasets' alignment with ours on
 the original pairs by a measure we do not optimise (infrared Canny edges within 1.5 px of visible
-ones); failure cases (flat, noise, another scene, a rotation beyond the range) must all
+ones; ``_outer``: only beyond 0.7 of the half-diagonal); ``default_threshold`` counts what the
+default ``--min-score`` lets through; failure cases (flat, noise, another scene, a rotation beyond the range) must all
 come out ``ok: false``.
 """
 import argparse
@@ -37,8 +38,8 @@ from tqdm import tqdm  # noqa: E402
 
 from fusion.registration import transforms as T  # noqa: E402
 from fusion.registration.baselines import ecc_register  # noqa: E402
-from fusion.registration.estimate import (MODELS, REFINE_METHODS, REFINE_MODELS, RegistrationOptions,  # noqa: E402
-                                          register_arrays)
+from fusion.registration.estimate import (DISTORTIONS, MODELS, REFINE_METHODS, REFINE_MODELS,  # noqa: E402
+                                          RegistrationOptions, register_arrays)
 from fusion.utils.cli import run_cli  # noqa: E402
 from fusion.utils.entry_io import number_arg, output_arg, parse_checked  # noqa: E402
 from fusion.utils.img_util import list_pairs, read_ir  # noqa: E402
@@ -62,15 +63,22 @@ def collect_pairs(max_per_dataset: int, use_shared: bool):
     return out
 
 
-def edge_agreement(ir: np.ndarray, vis: np.ndarray, h: np.ndarray, tol: float = 1.5) -> float:
-    """Fraction of the infrared image's Canny edges (warped by ``h``) within ``tol`` px of a visible
-    Canny edge: a check of an alignment that does not use our similarity measure."""
+def edge_agreement(ir: np.ndarray, vis: np.ndarray, h: np.ndarray, tol: float = 1.5, k1: float = 0.0,
+                   min_radius: float = 0.0) -> float:
+    """Fraction of the infrared image's Canny edges (warped by ``D(H x)``) within ``tol`` px of a
+    visible Canny edge: a check of an alignment that does not use our similarity measure. With
+    ``min_radius``, only the edges at least that fraction of the half-diagonal from the centre
+    (where lens distortion and the corners' extrapolation show)."""
     def edges(img):
         return cv2.Canny((cv2.GaussianBlur(img, (0, 0), 1.5) * 255).astype(np.uint8), 30, 80) > 0
     dist = cv2.distanceTransform((~edges(vis)).astype(np.uint8), cv2.DIST_L2, 3)
-    size = (vis.shape[1], vis.shape[0])
-    inside = cv2.warpPerspective(np.ones_like(ir), h, size) > 0.99
-    sel = edges(cv2.warpPerspective(ir, h, size)) & cv2.erode(inside.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    size = vis.shape[:2]
+    inside = T.warp(np.ones_like(ir), h, size, k1) > 0.99
+    sel = edges(T.warp(ir, h, size, k1)) & cv2.erode(inside.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    if min_radius:
+        c, r = T.radial_frame(size)
+        yy, xx = np.mgrid[0:size[0], 0:size[1]]
+        sel &= np.hypot(xx - c[0], yy - c[1]) >= min_radius * r
     return float((dist[sel] <= tol).mean()) if sel.any() else 0.0
 
 
@@ -92,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--refine', default=RegistrationOptions.refine_model, choices=REFINE_MODELS,
                         help='the model of our refinement (none: the grid searches only)')
     parser.add_argument('--refine-method', default=RegistrationOptions.refine_method, choices=REFINE_METHODS)
+    parser.add_argument('--distortion', default=RegistrationOptions.distortion, choices=DISTORTIONS)
     number_arg(parser, '--timing-repeats', int, min=1, default=3)
     output_arg(parser, '--out', kind='file', default=None, help='also write the JSON here')
     return parser
@@ -102,7 +111,7 @@ def main(argv=None) -> None:
     cv2.setNumThreads(1)
     # the threshold is chosen below
     opt = RegistrationOptions(model=args.model, refine_model=args.refine, refine_method=args.refine_method,
-                              min_score=-1e9)
+                              distortion=args.distortion, min_score=-1e9)
     rng = np.random.default_rng(args.seed)
     cases = []
     pairs = collect_pairs(args.max_per_dataset, not args.bundled_only)
@@ -126,15 +135,20 @@ def main(argv=None) -> None:
             t0 = time.process_time()
             r = run[m](warped, vis)
             dt = time.process_time() - t0
-            h0, h = (r0.H, r.H) if m == 'ours' else (r0, r)
-            entry = {'consistency': T.corner_error(h, h0 @ gt, vis.shape[:2]),
-                     'dataset': T.corner_error(h, gt, vis.shape[:2]), 'cpu_s': dt}
+            # the full transforms D(H x) (the baselines: plain homographies)
+            (h0, k0), (h, k) = ((r0.H, r0.k1), (r.H, r.k1)) if m == 'ours' else ((r0, 0.0), (r, 0.0))
+            entry = {'consistency': T.corner_error(h, h0 @ gt, vis.shape[:2], k, k0),
+                     'dataset': T.corner_error(h, gt, vis.shape[:2], k), 'cpu_s': dt}
             if m == 'ours':
                 case['edge_agreement'] = {'dataset': edge_agreement(ir, vis, np.eye(3)),
-                                          'ours': edge_agreement(ir, vis, r0.H)}
+                                          'ours': edge_agreement(ir, vis, r0.H, k1=r0.k1),
+                                          'dataset_outer': edge_agreement(ir, vis, np.eye(3), min_radius=0.7),
+                                          'ours_outer': edge_agreement(ir, vis, r0.H, k1=r0.k1, min_radius=0.7)}
                 hard = [x for x in r.reason.split('; ') if x and 'confidence' not in x]
-                entry.update(score=r.score, hard_reasons=hard, inliers=r.details.get('refine_inliers'))
+                entry.update(score=r.score, hard_reasons=hard, inliers=r.details.get('refine_inliers'), k1=r.k1)
                 entry['orig_score'] = r0.score
+                entry['corner_spread'] = r.details.get('refine_corner_spread_px')
+                entry['orig_corner_spread'] = r0.details.get('refine_corner_spread_px')
             case[m] = entry
         cases.append(case)
     # threshold: calibration = even cases, held out = odd cases
@@ -166,7 +180,8 @@ def main(argv=None) -> None:
         fails.append({'case': label, 'ok': r.ok, 'score': round(r.score, 2), 'reason': r.reason})
     report = {'meta': machine_meta(opencv=cv2.__version__, cv2_threads=cv2.getNumThreads(),
                                    omp_threads=os.environ.get('OMP_NUM_THREADS')), 'refine': args.refine,
-              'refine_method': args.refine_method, 'cases': len(cases), 'threshold': threshold, 'transform_range': {
+              'refine_method': args.refine_method, 'distortion': args.distortion, 'cases': len(cases),
+              'threshold': threshold, 'transform_range': {
                   'rotation_deg': 5, 'scale': [0.85, 1.15], 'shift': 0.08, 'perspective': args.perspective,
                   'half_resolution': 'every third case'}, 'methods': {}}
     for m in methods:
@@ -182,11 +197,18 @@ def main(argv=None) -> None:
                         # of those, how many the edge check (not our measure) says we align better
                         'off_dataset_ours_edges_better': sum(
                             c['edge_agreement']['ours'] > c['edge_agreement']['dataset'] for c in off)}
+    # what a user gets: the default threshold
+    default = RegistrationOptions.min_score
+    ok = [c for c in cases if passes(c, default)]
+    report['default_threshold'] = {'threshold': default, 'cases': len(cases), 'ok': len(ok),
+                                   'confident_wrong': sum(wrong(c) for c in ok),
+                                   'ok_consistency': stats([c['ours']['consistency'] for c in ok]) if ok else None}
     report['failure_cases'] = fails
     # the original pairs: how well infrared edges meet visible ones, dataset alignment vs ours
     report['edge_agreement_original_pairs'] = {
         ds: {k: round(float(np.mean([c['edge_agreement'][k] for c in cases if c['dataset'] == ds])), 3)
-             for k in ('dataset', 'ours')} for ds in sorted({c['dataset'] for c in cases})}
+             for k in ('dataset', 'ours', 'dataset_outer', 'ours_outer')}
+        for ds in sorted({c['dataset'] for c in cases})}
     # time per 640x480 pair, one thread, repeated: median
     sample = next((c for c in pairs if c[0] == 'MFNet'), pairs[0])
     a, b = read_ir(sample[2]), read_ir(sample[3])
