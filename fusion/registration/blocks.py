@@ -20,14 +20,16 @@ from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from scipy import fft as sfft  # keeps complex64 (numpy's FFT works in complex128, at twice the cost)
 
 from fusion.registration import transforms as T
 
 
-def _local_energy(e2: np.ndarray, block: int, n: int) -> np.ndarray:
-    """sqrt of the sum of ``e2`` over every ``block`` x ``block`` window at the ``n`` x ``n`` shifts."""
-    ii = cv2.integral(e2.astype(np.float64))
-    s = ii[block:block + n, block:block + n] - ii[:n, block:block + n] - ii[block:block + n, :n] + ii[:n, :n]
+def _window_energy(ii: np.ndarray, y0: int, x0: int, block: int, n: int) -> np.ndarray:
+    """sqrt of the sum of the squared field over the ``block`` x ``block`` windows at the ``n`` x ``n``
+    shifts from (``y0``, ``x0``), read from the frame's integral image ``ii``."""
+    a = ii[y0 + block:y0 + block + n, x0 + block:x0 + block + n] - ii[y0:y0 + n, x0 + block:x0 + block + n]
+    s = a - ii[y0 + block:y0 + block + n, x0:x0 + n] + ii[y0:y0 + n, x0:x0 + n]
     return np.sqrt(np.maximum(s, 0)) + 1e-9
 
 
@@ -69,20 +71,25 @@ def block_shifts(vfield: np.ndarray, ifield: np.ndarray, imask: np.ndarray, bloc
     h, w = vfield.shape
     n = 2 * radius + 1
     size = cv2.getOptimalDFTSize(block + 2 * radius)
-    src, dst, quality = [], [], []
-    vabs2 = np.abs(vfield) ** 2
+    ii = cv2.integral((np.abs(vfield) ** 2).astype(np.float64))
+    cells = []
     for y0 in range(radius, h - block - radius + 1, stride):
         for x0 in range(radius, w - block - radius + 1, stride):
             if imask[y0:y0 + block, x0:x0 + block].mean() < min_cover:
                 continue
-            ib = ifield[y0:y0 + block, x0:x0 + block]
-            ie = float(np.sqrt(np.sum(np.abs(ib) ** 2)))
-            if ie < 1e-3 * block:
-                continue
-            vb = vfield[y0 - radius:y0 + block + radius, x0 - radius:x0 + block + radius]
-            c = np.fft.ifft2(np.fft.fft2(vb, s=(size, size)) * np.conj(np.fft.fft2(ib, s=(size, size)))).real[:n, :n]
-            c = c / (ie * _local_energy(vabs2[y0 - radius:y0 + block + radius, x0 - radius:x0 + block + radius],
-                                        block, n))
+            ie = float(np.sqrt(np.sum(np.abs(ifield[y0:y0 + block, x0:x0 + block]) ** 2)))
+            if ie >= 1e-3 * block:
+                cells.append((y0, x0, ie))
+    src, dst, quality = [], [], []
+    for start in range(0, len(cells), 64):  # the FFTs batched, 64 blocks at a time
+        batch = cells[start:start + 64]
+        ib = np.stack([ifield[y0:y0 + block, x0:x0 + block] for y0, x0, _ in batch])
+        vb = np.stack([vfield[y0 - radius:y0 + block + radius, x0 - radius:x0 + block + radius]
+                       for y0, x0, _ in batch])
+        spec = sfft.fft2(vb, s=(size, size)) * np.conj(sfft.fft2(ib, s=(size, size)))
+        corr = sfft.ifft2(spec).real[:, :n, :n]
+        for (y0, x0, ie), c in zip(batch, corr):
+            c = c / (ie * _window_energy(ii, y0 - radius, x0 - radius, block, n))
             py, px, val, margin = _peak(c)
             if margin <= 0:
                 continue
@@ -245,7 +252,11 @@ def block_refine(pair, h_full: np.ndarray, model: str, passes: Sequence[Tuple[in
             h_new, k_new = fit_irls(g, src_ir, dst_full, model, thr_full)
         h_cur, k_cur = h_new, k_new
         res = np.linalg.norm(T.map_points(h_cur, src_ir[inl], vis_size, k_cur) - dst_full[inl], axis=1)
-        spread = corner_spread(h_cur, k_cur, src_ir, dst_full, model, thr_full, vis_size, radial and k_cur != 0)
         info.update(inliers=int(inl.sum()), rms_px=round(float(np.sqrt(np.mean(res ** 2))), 3),
-                    passes=info['passes'] + 1, corner_spread_px=round(min(spread, 1e6), 3))
+                    passes=info['passes'] + 1)
+        last = (src_ir, dst_full, thr_full)
+    if info['passes']:
+        src_ir, dst_full, thr_full = last
+        spread = corner_spread(h_cur, k_cur, src_ir, dst_full, model, thr_full, vis_size, radial and k_cur != 0)
+        info['corner_spread_px'] = round(min(spread, 1e6), 3)
     return h_cur, k_cur, info
