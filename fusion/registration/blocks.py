@@ -5,9 +5,12 @@ residual is the grid's quantisation plus the perspective a similarity cannot exp
 infrared image, warped by the current estimate onto the visible grid, is cut into overlapping
 blocks; each block's orientation field (:mod:`fusion.registration.structure`) is correlated with
 the visible one over small shifts (FFT, normalised by both windows' energies so that busy regions
-do not pull the peak), and a block whose peak is distinct gives one correspondence. A homography
-(or affine transform) is fitted to them robustly (MAGSAC, then least squares on the inliers), and
-the pass repeats with a smaller search radius on the re-warped image.
+do not pull the peak), and a block whose peak is distinct gives one correspondence. The transform
+``D(H x)``, a homography (or affine transform) and the visible lens term ``k1``
+(:mod:`fusion.registration.transforms`), is fitted to them robustly (MAGSAC++ for the inliers,
+then a Cauchy M-estimate over all), and the pass repeats with a smaller search radius on the
+re-warped image. A spatial jackknife (:func:`corner_spread`) then measures how much the corners
+depend on which part of the image the blocks cover.
 
 Why blocks rather than one global objective: a block's peak is a local, polarity-free measurement
 that does not care what the rest of the image does, so content that the warp crops, parallax and

@@ -8,7 +8,8 @@
    within the range by FFT, and the best peak (sub-pixel) wins.
 3. **Refinement**: 3 x 3 scale x rotation grids of shrinking steps around the estimate at finer
    levels (same FFT correlation), with parabolic sub-step interpolation; then the full homography
-   (``refine_model``) from block matching (:mod:`fusion.registration.blocks`, the default) or a
+   (``refine_model``) and the lens term ``k1`` (``distortion``) from block matching
+   (:mod:`fusion.registration.blocks`, the default) or a
    Gauss-Newton fit of the smoothed orientation fields (:mod:`fusion.registration.refine`); for
    ``model`` ``affine`` / ``homography`` shifts of large overlapping regions fitted by least
    squares, kept only where it raises the structure correlation.
@@ -16,7 +17,8 @@
    its distribution under offsets of 3-24 pixels (a z score: how far the alignment stands out of
    what chance gives on this very pair), plus the checks that turn a doubtful pair into
    ``ok: false`` with a reason: too little structure, the peak off the refined estimate (the pyramid
-   levels disagree), the transform at or beyond the search range, too few blocks agreeing.
+   levels disagree), the transform at or beyond the search range, too few blocks agreeing, the
+   corners swinging when a ninth of the blocks is left out.
 """
 from __future__ import annotations
 
