@@ -150,6 +150,8 @@ def fit_irls(h: np.ndarray, src: np.ndarray, dst: np.ndarray, model: str, scale:
     ``scale`` (pixels), so that every correspondence counts, a far one little. With
     ``radial_size`` (the visible frame, :func:`fusion.registration.transforms.distort`) the lens
     term ``k1`` is fitted too; without, it stays as given. Returns ``(H, k1)``."""
+    if radial_size is None and k1:
+        raise ValueError('fit_irls: a lens term k1 needs its frame, radial_size')
     n_par = 8 if model == 'homography' else 6
     n_all = n_par + (radial_size is not None)
     h = T.normalize(h.copy())
@@ -161,7 +163,8 @@ def fit_irls(h: np.ndarray, src: np.ndarray, dst: np.ndarray, model: str, scale:
     f = np.abs(np.r_[src, dst] - m).mean() + 1e-9
     n = np.array([[1 / f, 0, -m[0] / f], [0, 1 / f, -m[1] / f], [0, 0, 1]])
     g = T.normalize(n @ h @ np.linalg.inv(n))
-    centre, radius = T.radial_frame(radial_size) if radial_size is not None else T.radial_frame((1, 1))
+    # without a lens term (k1 = 0, not fitted) D is the identity in any frame
+    centre, radius = T.radial_frame(radial_size or (1, 1))
     centre, radius = (centre - m) / f, radius / f
     s_n, d_n = T.apply(n, src), T.apply(n, dst)
     for _ in range(iters):
@@ -226,8 +229,8 @@ def block_refine(pair, h_full: np.ndarray, model: str, passes: Sequence[Tuple[in
     M-estimate over all of them (scale: the threshold), so that which blocks a crop removes changes
     the fit little. With ``radial`` the lens term ``k1`` is fitted too, where at least
     ``min_radial_blocks`` blocks are inliers (fewer leave it noisy: small images); a fit with
-    ``|k1|`` above ``max_k1`` (not a lens the data supports) is replaced by the plain homography. Returns the
-    transform, its ``k1`` and the last pass's diagnostics: blocks measured, blocks used, inliers,
+    ``|k1|`` above ``max_k1`` (not a lens the data supports) is replaced by the plain homography.
+    Returns the transform, its ``k1`` and the last pass's diagnostics: blocks measured, blocks used, inliers,
     inlier RMS residual (full-resolution pixels), passes run, and the corners' spread when one ninth
     of the blocks is left out (:func:`corner_spread`, pixels, capped at 1e6)."""
     h_cur, k_cur = h_full.copy(), 0.0

@@ -64,22 +64,21 @@ def collect_pairs(max_per_dataset: int, use_shared: bool):
 
 
 def edge_agreement(ir: np.ndarray, vis: np.ndarray, h: np.ndarray, tol: float = 1.5, k1: float = 0.0,
-                   min_radius: float = 0.0) -> float:
+                   outer: float = 0.7) -> tuple:
     """Fraction of the infrared image's Canny edges (warped by ``D(H x)``) within ``tol`` px of a
-    visible Canny edge: a check of an alignment that does not use our similarity measure. With
-    ``min_radius``, only the edges at least that fraction of the half-diagonal from the centre
-    (where lens distortion and the corners' extrapolation show)."""
+    visible Canny edge: a check of an alignment that does not use our similarity measure. Returns
+    (whole image, only the edges at least ``outer`` of the half-diagonal from the centre, where lens
+    distortion and the corners' extrapolation show); 0 where there are no edges."""
     def edges(img):
         return cv2.Canny((cv2.GaussianBlur(img, (0, 0), 1.5) * 255).astype(np.uint8), 30, 80) > 0
     dist = cv2.distanceTransform((~edges(vis)).astype(np.uint8), cv2.DIST_L2, 3)
     size = vis.shape[:2]
     inside = T.warp(np.ones_like(ir), h, size, k1) > 0.99
     sel = edges(T.warp(ir, h, size, k1)) & cv2.erode(inside.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
-    if min_radius:
-        c, r = T.radial_frame(size)
-        yy, xx = np.mgrid[0:size[0], 0:size[1]]
-        sel &= np.hypot(xx - c[0], yy - c[1]) >= min_radius * r
-    return float((dist[sel] <= tol).mean()) if sel.any() else 0.0
+    c, r = T.radial_frame(size)
+    yy, xx = np.mgrid[0:size[0], 0:size[1]]
+    sel_outer = sel & (np.hypot(xx - c[0], yy - c[1]) >= outer * r)
+    return tuple(float((dist[m] <= tol).mean()) if m.any() else 0.0 for m in (sel, sel_outer))
 
 
 def stats(errors, limit=2.0):
@@ -140,10 +139,10 @@ def main(argv=None) -> None:
             entry = {'consistency': T.corner_error(h, h0 @ gt, vis.shape[:2], k, k0),
                      'dataset': T.corner_error(h, gt, vis.shape[:2], k), 'cpu_s': dt}
             if m == 'ours':
-                case['edge_agreement'] = {'dataset': edge_agreement(ir, vis, np.eye(3)),
-                                          'ours': edge_agreement(ir, vis, r0.H, k1=r0.k1),
-                                          'dataset_outer': edge_agreement(ir, vis, np.eye(3), min_radius=0.7),
-                                          'ours_outer': edge_agreement(ir, vis, r0.H, k1=r0.k1, min_radius=0.7)}
+                (dataset, dataset_outer), (ours, ours_outer) = (edge_agreement(ir, vis, np.eye(3)),
+                                                                edge_agreement(ir, vis, r0.H, k1=r0.k1))
+                case['edge_agreement'] = {'dataset': dataset, 'ours': ours, 'dataset_outer': dataset_outer,
+                                          'ours_outer': ours_outer}
                 hard = [x for x in r.reason.split('; ') if x and 'confidence' not in x]
                 entry.update(score=r.score, hard_reasons=hard, inliers=r.details.get('refine_inliers'), k1=r.k1)
                 entry['orig_score'] = r0.score
