@@ -120,6 +120,43 @@ def test_robust_fit_ignores_outliers_and_counts_the_rest():
     assert too_few is None
 
 
+def test_global_search_keeps_distinct_runner_up_hypotheses():
+    from fusion.registration import estimate as E
+    ir, vis = _pair('TNO', '002.png')
+    pair = E._Pair(ir, vis)
+    opt = RegistrationOptions()
+    coarse = E.coarse_search(pair, T.grid_scale(pair.ir_size, pair.vis_size), opt)
+    cands = coarse['candidates']
+    assert len(cands) == opt.coarse_candidates and np.allclose(cands[0]['H'], coarse['H'])
+    assert [c['value'] for c in cands] == sorted((c['value'] for c in cands), reverse=True)
+    apart = 4.0 * max(vis.shape) / opt.coarse_size  # 4 coarse pixels, in full-resolution pixels
+    for i, a in enumerate(cands):
+        for b in cands[i + 1:]:
+            assert T.corner_error(a['H'], b['H'], vis.shape) > apart
+
+
+def test_screening_recovers_from_a_wrong_coarse_winner(monkeypatch):
+    # a weak pair's coarse winner can be wrong (smoke, fog): the screening at finer levels must
+    # prefer the right runner-up, and without runners-up the wrong winner stays
+    from fusion.registration import estimate as E
+    ir, vis = _pair('TNO', '002.png')
+    tr = _known(ir.shape)
+    warped = cv2.warpPerspective(ir, tr, (ir.shape[1], ir.shape[0]), flags=cv2.INTER_LINEAR)
+    pair = E._Pair(warped, vis)
+    prior = T.grid_scale(pair.ir_size, pair.vis_size)
+    right = E.coarse_search(pair, prior, RegistrationOptions(coarse_candidates=1))
+    wrong = dict(right, H=T.similarity_about(((SIZE[1] - 1) / 2, (SIZE[0] - 1) / 2), 1.1, -4.0, (25.0, 14.0))
+                 @ right['H'], value=right['value'] + 1, at_edge=True)
+    fake = dict(wrong, candidates=[wrong, right])
+    monkeypatch.setattr(E, 'coarse_search', lambda *a: fake)
+    truth = register_arrays(warped, vis, RegistrationOptions(min_score=5.0)).H
+    chosen, h = E.search(pair, prior, RegistrationOptions())
+    assert chosen is right and T.corner_error(h, truth, vis.shape) < 3
+    monkeypatch.setattr(E, 'coarse_search', lambda *a: dict(wrong))
+    chosen, h = E.search(pair, prior, RegistrationOptions(coarse_candidates=1))
+    assert chosen['at_edge'] and T.corner_error(h, truth, vis.shape) > 10
+
+
 def test_too_few_agreeing_blocks_make_a_pair_unsure():
     ir, vis = _pair('TNO', '002.png')
     r = register_arrays(ir, vis, RegistrationOptions(min_score=5.0, min_block_inliers=10 ** 6))

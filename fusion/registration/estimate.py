@@ -23,7 +23,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -56,6 +56,10 @@ class RegistrationOptions:
     max_shift              0.12        search range: shift, fraction of the visible size per axis
     coarse_size            160         visible long side (pixels) of the global search
     n_scales, n_angles     9, 9        the global grid (geometric scale steps)
+    coarse_candidates      3           distinct hypotheses of the global search followed through
+                                       the first ``screen_levels`` local levels; the best there
+                                       goes on (1: the global search's best alone)
+    screen_levels          2           local levels that judge the hypotheses
     coarse_sigma           1.0         structure-map smoothing of the global search
     local_levels           4 levels    (long side, scale step, angle step, shift radius) of the
                                        local 3 x 3 grids after the global search
@@ -101,6 +105,8 @@ class RegistrationOptions:
     coarse_size: int = 160
     n_scales: int = 9
     n_angles: int = 9
+    coarse_candidates: int = 3
+    screen_levels: int = 2
     levels: Tuple[int, ...] = (320, 640)
     check_size: int = 320
     min_score: float = 8.8
@@ -242,13 +248,17 @@ def _energy(field: np.ndarray) -> float:
 
 
 def grid_search(pair: _Pair, base: np.ndarray, long_side: int, scales: np.ndarray, angles: np.ndarray,
-                radius: Tuple[int, int], sigma: float = 1.0, interpolate: bool = False) -> dict:
+                radius: Tuple[int, int], sigma: float = 1.0, interpolate: bool = False,
+                candidates: int = 1, min_separation: float = 4.0) -> dict:
     """Best (scale, angle, shift) on top of ``base`` (infrared -> visible, full resolution): for
     every scale x angle about the visible centre the infrared image is warped onto the visible grid
     at a level and its orientation field correlated with the visible one over all shifts within
     ``radius`` (level pixels, y and x) by FFT; sub-pixel peak. Returns the full-resolution estimate,
     the peak correlation, its z score on the shift surface and whether the best lies on the grid's
-    edge (the answer may lie outside)."""
+    edge (the answer may lie outside); with ``candidates`` > 1 also, under ``'candidates'``, up to
+    that many such results of distinct grid cells, best first, whose transforms lie at least
+    ``min_separation`` level pixels apart at the corners (the runner-up hypotheses of a weak or
+    repetitive pair)."""
     size, a_vis, vfield, _, _ = pair.vis_level(long_side, sigma)
     h, w = size
     r = radius
@@ -256,7 +266,7 @@ def grid_search(pair: _Pair, base: np.ndarray, long_side: int, scales: np.ndarra
     vis_fft = sfft.fft2(vfield, s=pad)
     v_energy = _energy(vfield)
     center_full = ((pair.vis_size[1] - 1) / 2, (pair.vis_size[0] - 1) / 2)
-    best: Optional[dict] = None
+    cells: List[dict] = []
     values = np.zeros((len(scales), len(angles)))
     for i, sc in enumerate(scales):
         for j, ang in enumerate(angles):
@@ -265,8 +275,9 @@ def grid_search(pair: _Pair, base: np.ndarray, long_side: int, scales: np.ndarra
             c = _correlation_surface(vis_fft, field, pad, r, v_energy * _energy(field))
             py, px, val = subpixel_peak(c)
             values[i, j] = val
-            if best is None or val > best['value']:
-                best = {'value': val, 'i': i, 'j': j, 'dy': py - r[0], 'dx': px - r[1], 'surface': c, 'h': h_try}
+            cells.append({'value': val, 'i': i, 'j': j, 'dy': py - r[0], 'dx': px - r[1], 'surface': c, 'h': h_try})
+    cells.sort(key=lambda cell: -cell['value'])
+    best = cells[0]
     if interpolate and len(scales) == 3 and len(angles) == 3 and best['i'] == 1 and best['j'] == 1:
         # sub-step scale and angle from parabolas through the peak values, then that cell's shift
         ds = _parabola(values[:, 1])
@@ -280,14 +291,29 @@ def grid_search(pair: _Pair, base: np.ndarray, long_side: int, scales: np.ndarra
         if val >= best['value']:
             best.update(value=val, dy=py - r[0], dx=px - r[1], surface=c, h=h_try)
     f = size[1] / pair.vis_size[1], size[0] / pair.vis_size[0]
-    shift = np.array([[1, 0, best['dx'] / f[0]], [0, 1, best['dy'] / f[1]], [0, 0, 1]])
-    c = best['surface']
-    at_edge = ((len(scales) > 1 and best['i'] in (0, len(scales) - 1))
-               or (len(angles) > 1 and best['j'] in (0, len(angles) - 1))
-               or abs(best['dy']) >= r[0] - 1 or abs(best['dx']) >= r[1] - 1)
-    z = (best['value'] - float(np.median(c))) / (1.4826 * float(np.median(np.abs(c - np.median(c)))) + 1e-9)
-    return {'H': shift @ best['h'], 'value': best['value'], 'z': z, 'at_edge': bool(at_edge),
-            'scale': float(scales[best['i']]), 'angle': float(angles[best['j']])}
+
+    def result(cell: dict) -> dict:
+        shift = np.array([[1, 0, cell['dx'] / f[0]], [0, 1, cell['dy'] / f[1]], [0, 0, 1]])
+        c = cell['surface']
+        at_edge = ((len(scales) > 1 and cell['i'] in (0, len(scales) - 1))
+                   or (len(angles) > 1 and cell['j'] in (0, len(angles) - 1))
+                   or abs(cell['dy']) >= r[0] - 1 or abs(cell['dx']) >= r[1] - 1)
+        z = (cell['value'] - float(np.median(c))) / (1.4826 * float(np.median(np.abs(c - np.median(c)))) + 1e-9)
+        return {'H': shift @ cell['h'], 'value': cell['value'], 'z': z, 'at_edge': bool(at_edge),
+                'scale': float(scales[cell['i']]), 'angle': float(angles[cell['j']])}
+
+    out = result(best)
+    if candidates > 1:
+        chosen = [out]
+        apart = min_separation / min(f)
+        for cell in cells[1:]:
+            if len(chosen) >= candidates:
+                break
+            res = result(cell)
+            if all(T.corner_error(res['H'], other['H'], pair.vis_size) > apart for other in chosen):
+                chosen.append(res)
+        out['candidates'] = chosen
+    return out
 
 
 def coarse_search(pair: _Pair, prior: np.ndarray, opt: RegistrationOptions) -> dict:
@@ -295,19 +321,44 @@ def coarse_search(pair: _Pair, prior: np.ndarray, opt: RegistrationOptions) -> d
     size, _ = _level_size(pair.vis_size, opt.coarse_size)
     r = (int(np.ceil(opt.max_shift * size[0])) + 1, int(np.ceil(opt.max_shift * size[1])) + 1)
     return grid_search(pair, prior, opt.coarse_size, np.geomspace(opt.scale_range[0], opt.scale_range[1], opt.n_scales),
-                       np.linspace(-opt.max_angle, opt.max_angle, opt.n_angles), r, sigma=opt.coarse_sigma)
+                       np.linspace(-opt.max_angle, opt.max_angle, opt.n_angles), r, sigma=opt.coarse_sigma,
+                       candidates=opt.coarse_candidates)
 
 
-def local_search(pair: _Pair, h: np.ndarray, opt: RegistrationOptions) -> Tuple[np.ndarray, List[dict]]:
-    """Finer and finer grids around the estimate, one per entry of ``opt.local_levels``
-    (long side, scale step, angle step, shift radius); each grid has 3 x 3 scale x angle cells."""
+def local_search(pair: _Pair, h: np.ndarray, opt: RegistrationOptions,
+                 levels: Optional[Sequence[Tuple[int, float, float, int]]] = None) -> Tuple[np.ndarray, List[dict]]:
+    """Finer and finer grids around the estimate, one per entry of ``levels`` (default
+    ``opt.local_levels``: long side, scale step, angle step, shift radius); each grid has 3 x 3
+    scale x angle cells."""
     found = []
-    for long_side, s_step, a_step, rad in opt.local_levels:
+    for long_side, s_step, a_step, rad in (opt.local_levels if levels is None else levels):
         res = grid_search(pair, h, long_side, np.array([1 - s_step, 1.0, 1 + s_step]),
                           np.array([-a_step, 0.0, a_step]), (rad, rad), interpolate=True)
         h = res['H']
         found.append(res)
     return h, found
+
+
+def search(pair: _Pair, prior: np.ndarray, opt: RegistrationOptions) -> Tuple[dict, np.ndarray]:
+    """The global search, then the local ones: ``(coarse result, estimate)``. Each of the global
+    search's ``coarse_candidates`` distinct hypotheses is followed through the first
+    ``screen_levels`` local levels and the one that correlates best there goes on; at the coarse
+    level alone a wrong cell can win on a weak pair (little shared structure, smoke, fog), at
+    twice the resolution the right one stands out."""
+    coarse = coarse_search(pair, prior, opt)
+    screen, rest = opt.local_levels[:opt.screen_levels], opt.local_levels[opt.screen_levels:]
+    # a runner-up that the screening brings to where the best already is, is the same hypothesis:
+    # the best keeps it (ties between near twins would only add noise)
+    apart = max(pair.vis_size) / opt.coarse_size * 4
+    best = None
+    for cand in coarse.get('candidates', [coarse]):
+        h, found = local_search(pair, cand['H'], opt, screen)
+        value = found[-1]['value'] if found else cand['value']
+        if best is None or (value > best[0] and T.corner_error(h, best[2], pair.vis_size) > apart):
+            best = (value, cand, h)
+    _, coarse, h = best
+    h, _ = local_search(pair, h, opt, rest)
+    return coarse, h
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,8 +500,7 @@ def register_arrays(ir: np.ndarray, vis: np.ndarray, opt: Optional[RegistrationO
         return RegistrationResult(prior, False, 0.0, f'not enough structure in the {which} image '
                                   f'({min(vstrong, istrong0):.3f} < {opt.min_structure} strong-edge fraction)',
                                   {'structure_ir': round(istrong0, 4), 'structure_vis': round(vstrong, 4)})
-    coarse = coarse_search(pair, prior, opt)
-    h, _ = local_search(pair, coarse['H'], opt)
+    coarse, h = search(pair, prior, opt)
     refine_details: Dict[str, object] = {}
     k1 = 0.0
     if opt.refine_model != 'none' and opt.refine_method == 'blocks':
