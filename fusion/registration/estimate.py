@@ -39,6 +39,9 @@ MODELS = ('similarity', 'affine', 'homography')
 REFINE_MODELS = ('none', 'affine', 'homography')
 REFINE_METHODS = ('blocks', 'gauss_newton')
 DISTORTIONS = ('radial', 'none')
+# two hypotheses of the global search are distinct when their corners lie this many coarse-level
+# pixels apart (grid_search keeps such runners-up, search tells converged twins by it)
+HYPOTHESIS_SEPARATION = 4.0
 
 
 @dataclasses.dataclass
@@ -249,7 +252,7 @@ def _energy(field: np.ndarray) -> float:
 
 def grid_search(pair: _Pair, base: np.ndarray, long_side: int, scales: np.ndarray, angles: np.ndarray,
                 radius: Tuple[int, int], sigma: float = 1.0, interpolate: bool = False,
-                candidates: int = 1, min_separation: float = 4.0) -> dict:
+                candidates: int = 1, min_separation: float = HYPOTHESIS_SEPARATION) -> dict:
     """Best (scale, angle, shift) on top of ``base`` (infrared -> visible, full resolution): for
     every scale x angle about the visible centre the infrared image is warped onto the visible grid
     at a level and its orientation field correlated with the visible one over all shifts within
@@ -349,7 +352,7 @@ def search(pair: _Pair, prior: np.ndarray, opt: RegistrationOptions) -> Tuple[di
     screen, rest = opt.local_levels[:opt.screen_levels], opt.local_levels[opt.screen_levels:]
     # a runner-up that the screening brings to where the best already is, is the same hypothesis:
     # the best keeps it (ties between near twins would only add noise)
-    apart = max(pair.vis_size) / opt.coarse_size * 4
+    apart = max(pair.vis_size) / opt.coarse_size * HYPOTHESIS_SEPARATION
     best = None
     for cand in coarse.get('candidates', [coarse]):
         h, found = local_search(pair, cand['H'], opt, screen)
