@@ -161,6 +161,21 @@ def _assert_close_weights(a_dir: str, b_dir: str, it: int, atol_student: float =
                     assert torch.equal(b[key][name], tensor), f'{net} {key} {name}'
 
 
+def _student_drift(a_dir: str, b_dir: str, it: int, since: int = 3) -> float:
+    """How far run ``b``'s student is from run ``a``'s at checkpoint ``it``, as a fraction of how
+    far ``a``'s student moved from checkpoint ``since`` (parameter norms). Two equal trainings
+    drift apart only by amplified rounding (measured: 0.01-0.06); a student gradient twice too
+    large (a sum over two ranks instead of the mean) gave 0.31 at iteration 7, 0.47 at 6."""
+    a0 = _state(osp.join(a_dir, 'models', f'net_g_{since}.pth'))['params']
+    a = _state(osp.join(a_dir, 'models', f'net_g_{it}.pth'))['params']
+    b = _state(osp.join(b_dir, 'models', f'net_g_{it}.pth'))['params']
+
+    def norm(tensors) -> float:
+        return float(sum((t.double() ** 2).sum() for t in tensors)) ** 0.5
+    names = [k for k, t in a.items() if t.is_floating_point()]
+    return norm(b[k] - a[k] for k in names) / norm(a[k] - a0[k] for k in names)
+
+
 def test_two_ranks_match_one_process_with_the_global_batch(runs):
     one, two = runs['exp']('one'), runs['exp']('two')
     log_two = _read_logs(two)[0]
@@ -172,15 +187,18 @@ def test_two_ranks_match_one_process_with_the_global_batch(runs):
         a, b = _numbers(losses_one[it]), _numbers(losses_two[it])
         assert a.keys() == b.keys()
         for key in a:  # logged: the mean over ranks of each rank's batch mean
-            assert b[key] == pytest.approx(a[key], rel=2e-3, abs=1e-6), f'iteration {it} {key}'
+            # the student's losses after its second step (iteration 5) carry its amplified rounding
+            rel = 2e-2 if key.startswith('l_g_') and it > 6 else 2e-3
+            assert b[key] == pytest.approx(a[key], rel=rel, abs=1e-6), f'iteration {it} {key}'
     # same samples and crops, gradients averaged by DDP = the gradient of the mean over 4,
     # BatchNorm statistics over the global batch: equal weights up to float rounding. Teacher and
-    # segmentation net agree to ~2e-7 throughout; the student to ~5e-7 after its first step,
-    # then its differences grow to ~1.5e-4 by its third step, as between two 1-process runs with
-    # 1 and 2 threads (5e-5): the student amplifies rounding, DDP or not (docs/distributed.md)
-    _assert_close_weights(one, two, 3)
+    # segmentation net agree to ~1e-7 throughout. The student amplifies rounding, by how much
+    # depends on the CPU's kernels (docs/distributed.md): after its first step 5e-7 (AVX-512) to
+    # 5e-5 (AVX2 only); after its third, 1.5e-4 to 2e-3, 6% of its update since the first
+    _assert_close_weights(one, two, 3, atol_student=2e-4)  # after the student's first step
     for it in (6, 7):
-        _assert_close_weights(one, two, it, atol_student=5e-4)
+        _assert_close_weights(one, two, it, atol_student=float('inf'))  # teacher and seg net: 1e-5
+        assert _student_drift(one, two, it) < 0.15, it
     s1 = torch.load(osp.join(one, 'training_states', '7.state'), map_location='cpu', weights_only=False)
     s2 = torch.load(osp.join(two, 'training_states', '7.state'), map_location='cpu', weights_only=False)
     assert s1['sage']['steps'] == s2['sage']['steps']
@@ -237,5 +255,6 @@ def test_resume_with_another_world_size_continues_with_the_same_global_batch(run
     assert 'iterations per epoch now' not in log  # same global batch: the data order continues
     # 2 ranks x 2 up to the checkpoint, then 1 process x 4: the uninterrupted 1-process run,
     # up to float rounding
-    _assert_close_weights(runs['exp']('one'), runs['exp']('ws1'), TOTAL_ITER, atol_student=5e-4)
+    _assert_close_weights(runs['exp']('one'), runs['exp']('ws1'), TOTAL_ITER, atol_student=float('inf'))
+    assert _student_drift(runs['exp']('one'), runs['exp']('ws1'), TOTAL_ITER) < 0.15
     assert start in (3, 6)
