@@ -31,6 +31,10 @@ def add_registration_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--distortion', default=RegistrationOptions.distortion, choices=DISTORTIONS,
                         help='radial (default: the block refinement also fits the lens term k1) | none '
                              '(a plain homography)')
+    number_arg(parser, '--parallax-weight', float, min=0, max=1, open_min=True,
+               default=RegistrationOptions.parallax_weight,
+               help='weight of the block residuals along their main direction where they have one (parallax; '
+                    f'default {RegistrationOptions.parallax_weight}; 1: every direction alike)')
     number_arg(parser, '--min-score', float, default=None,
                help=f'confidence threshold, a z score (default {RegistrationOptions.min_score})')
     number_arg(parser, '--fit-once', int, min=0, nargs='?', const=0, default=None, metavar='N',
@@ -42,7 +46,7 @@ def add_registration_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args) -> RegistrationOptions:
     kw = {'model': args.model, 'refine_model': args.refine, 'refine_method': args.refine_method,
-          'distortion': args.distortion}
+          'distortion': args.distortion, 'parallax_weight': args.parallax_weight}
     if args.min_score is not None:
         kw['min_score'] = args.min_score
     return RegistrationOptions(**kw)

@@ -141,7 +141,7 @@ CASES: Dict[str, Case] = {c.key: c for c in [
     Case('benchmark_registration.py',  # one bundled pair per dataset, ours only
          lambda tmp: ['--bundled-only', '--max-per-dataset', '1', '--no-baselines', '--timing-repeats', '1'],
          {'cases': COUNT, 'threshold': Check('a number', _number), 'refine_method': _one_of('blocks'),
-          'distortion': _one_of('radial'), 'default_threshold.confident_wrong': NONNEG,
+          'distortion': _one_of('radial'), 'parallax_weight': _one_of(0.1), 'default_threshold.confident_wrong': NONNEG,
           'methods.<method>.consistency.median': NONNEG,
           'methods.<method>.dataset.median': NONNEG, 'methods.<method>.cpu_s_median': POSITIVE,
           'time_640x480.cpu_s_median': POSITIVE, 'failure_cases[].reason': TEXT}),

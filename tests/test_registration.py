@@ -16,7 +16,8 @@ from conftest import BENCHMARKS, DATASETS, ROOT
 from fusion.registration import (RegistrationOptions, RegistrationResult, load_transform, register_arrays,
                                  register_folders)
 from fusion.registration import transforms as T
-from fusion.registration.blocks import block_shifts, corner_spread, fit_irls, fit_robust
+from fusion.registration.blocks import (along_weight, block_shifts, corner_spread, fit_irls, fit_robust,
+                                        parallax_direction)
 from fusion.registration.folders import fit_once
 from fusion.registration.structure import structure_maps
 from fusion.utils.img_util import ImageReadError, read_ir
@@ -219,6 +220,43 @@ def test_corner_spread_separates_one_plane_from_parallax():
     assert not r.ok and 'which part of the image is seen' in r.reason and r.details['refine_corner_spread_px'] > 0
 
 
+def test_parallax_weighting_keeps_depth_out_of_the_fit():
+    """A lens term (k1 = 0.05) and a ground plane that comes nearer towards the bottom (parallax
+    along y, up to 6 px). The residuals of the isotropic fit stretch along y; weighing that
+    component less keeps the fit of the rest of the scene where it was when a crop removes the
+    left third of the blocks (the warped pairs of the benchmark crop like that)."""
+    rng = np.random.default_rng(0)
+    size = (480, 640)
+    h_true = T.normalize(np.array([[1.01, 0.02, 3.0], [-0.01, 0.99, -2.0], [1e-5, -1e-5, 1.0]]))
+    src = np.stack(np.meshgrid(np.arange(40, 620, 32.0), np.arange(40, 460, 32.0)), -1).reshape(-1, 2)
+    dst = T.map_points(h_true, src, size, 0.05) + rng.normal(0, 0.3, src.shape)
+    ground = dst[:, 1] > 240
+    dst[ground, 1] += 6.0 * (dst[ground, 1] - 240) / 240
+    h0, k0 = fit_irls(h_true, src, dst, 'homography', 1.5, radial_size=size)
+    u, anisotropy = parallax_direction(h0, k0, src, dst, size, 1.5)
+    assert abs(u[1]) > 0.99 and anisotropy > 1.5, (u, anisotropy)
+    keep = src[:, 0] > 213
+    moves = []
+    for along in (None, (u, 0.1)):
+        h, k = fit_irls(h_true, src, dst, 'homography', 1.5, radial_size=size, k1=k0, along=along)
+        h_crop, k_crop = fit_irls(h_true, src[keep], dst[keep], 'homography', 1.5, radial_size=size, k1=k0,
+                                  along=along)
+        moves.append(T.corner_error(h_crop, h, size, k_crop, k))
+    assert moves[1] < 0.3 and moves[0] > 3 * moves[1], moves
+    # weight 1 is the isotropic fit; the weight follows the anisotropy smoothly
+    same = fit_irls(h_true, src, dst, 'homography', 1.5, radial_size=size, along=(u, 1.0))
+    assert np.allclose(same[0], h0) and same[1] == pytest.approx(k0)
+    assert [along_weight(a, 0.1, (1.2, 4.0)) for a in (1.0, 1.2, 2.6, 4.0, 9.0)] == pytest.approx(
+        [1.0, 1.0, 0.55, 0.1, 0.1])
+    ir, vis = _pair('M3FD', '00000.png')
+    r = register_arrays(ir, vis, RegistrationOptions(min_score=5.0))
+    assert 0.1 <= r.details['refine_parallax_weight'] <= 1 and r.details['refine_parallax_anisotropy'] >= 1
+    with pytest.raises(ValueError, match='--parallax-weight must be in'):
+        RegistrationOptions(parallax_weight=0.0)
+    with pytest.raises(ValueError, match='parallax_ramp'):
+        RegistrationOptions(parallax_ramp=(3.0, 2.0))
+
+
 def test_lower_infrared_resolution_and_other_aspect_ratio():
     ir, vis = _pair('TNO', '002.png')
     tr = T.grid_scale(ir.shape, (ir.shape[0] // 2, ir.shape[1] * 2 // 5)) @ _known(ir.shape, -2.0, 0.95, (-7, 5))
@@ -342,6 +380,10 @@ def test_script_end_to_end_and_one_line_errors(tmp_path):
                            '--transform', str(bad)], capture_output=True, text=True, env=env)
     assert proc.returncode == 1 and proc.stderr.strip().startswith('error:') and '3x3' in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    proc = subprocess.run([sys.executable, SCRIPT, '--ir', ir_dir, '--vis', vis_dir, '--out', str(tmp_path / 'o3'),
+                           '--parallax-weight', '0'], capture_output=True, text=True, env=env)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith('error: argument --parallax-weight: must be (0, 1]'), last
 
 
 def test_registration_is_a_generic_data_step():

@@ -12,6 +12,12 @@ then a Cauchy M-estimate over all), and the pass repeats with a smaller search r
 re-warped image. A spatial jackknife (:func:`corner_spread`) then measures how much the corners
 depend on which part of the image the blocks cover.
 
+Parallax: cameras side by side see near things shifted against far ones along their baseline, so
+the residuals of a scene with depth stretch along one direction (:func:`parallax_direction`).
+There the fit weighs the residuals along that direction less (``along`` of :func:`fit_irls`): the
+component across the baseline, which depth does not move, then decides the lens term and the
+other parameters, and the along-baseline component decides only what it alone can see.
+
 Why blocks rather than one global objective: a block's peak is a local, polarity-free measurement
 that does not care what the rest of the image does, so content that the warp crops, parallax and
 structures seen by one modality only become outliers instead of biasing the fit. The inlier count
@@ -104,6 +110,32 @@ def block_shifts(vfield: np.ndarray, ifield: np.ndarray, imask: np.ndarray, bloc
             np.array(quality, np.float64).reshape(-1, 2))
 
 
+def parallax_direction(h: np.ndarray, k1: float, src: np.ndarray, dst: np.ndarray, size: Tuple[int, int],
+                       scale: float) -> Tuple[Optional[np.ndarray], float]:
+    """The direction along which the residuals of ``D(H x)`` stretch, and how much: the principal
+    axis (unit vector) of the Cauchy-weighted second moments of the residuals within 4 ``scale``
+    pixels, and the ratio of the two moments (1: round, no direction; parallax along a baseline:
+    2 and more). ``(None, 1.0)`` with fewer than 10 such residuals."""
+    r = dst - T.map_points(h, src, size, k1)
+    e = np.linalg.norm(r, axis=1)
+    near = e < 4 * scale
+    if near.sum() < 10:
+        return None, 1.0
+    w = 1 / (1 + (e[near] / scale) ** 2)
+    moments = np.einsum('n,ni,nj->ij', w, r[near], r[near]) / w.sum()
+    values, vectors = np.linalg.eigh(moments)
+    return vectors[:, 1], float(values[1] / max(values[0], 1e-12))
+
+
+def along_weight(anisotropy: float, weight: float, ramp: Tuple[float, float]) -> float:
+    """The weight of the along-direction residuals: 1 up to ``ramp[0]`` anisotropy (no clear
+    direction), ``weight`` from ``ramp[1]`` on, linear between, so that the fit changes smoothly
+    with the evidence instead of switching at a threshold."""
+    lo, hi = ramp
+    t = float(np.clip((anisotropy - lo) / max(hi - lo, 1e-9), 0.0, 1.0))
+    return 1.0 - t * (1.0 - weight)
+
+
 def fit_robust(src: np.ndarray, dst: np.ndarray, model: str, threshold: float) -> Tuple[np.ndarray, np.ndarray]:
     """(H, inlier mask) by MAGSAC++ then least squares on its inliers; (None, mask) when too few."""
     need = 4 if model == 'homography' else 3
@@ -145,11 +177,14 @@ def _jacobian(h: np.ndarray, pts: np.ndarray, n_par: int) -> Tuple[np.ndarray, n
 
 
 def fit_irls(h: np.ndarray, src: np.ndarray, dst: np.ndarray, model: str, scale: float, iters: int = 10,
-             radial_size: Optional[Tuple[int, int]] = None, k1: float = 0.0) -> Tuple[np.ndarray, float]:
+             radial_size: Optional[Tuple[int, int]] = None, k1: float = 0.0,
+             along: Optional[Tuple[np.ndarray, float]] = None) -> Tuple[np.ndarray, float]:
     """M-estimate of ``D(H x)`` from ``h`` (and ``k1``): Gauss-Newton with Cauchy weights of scale
     ``scale`` (pixels), so that every correspondence counts, a far one little. With
     ``radial_size`` (the visible frame, :func:`fusion.registration.transforms.distort`) the lens
-    term ``k1`` is fitted too; without, it stays as given. Returns ``(H, k1)``."""
+    term ``k1`` is fitted too; without, it stays as given. With ``along = (u, w)`` the residuals'
+    component along the unit vector ``u`` counts with weight ``w`` (of its square), the component
+    across it fully (parallax, :func:`parallax_direction`). Returns ``(H, k1)``."""
     if radial_size is None and k1:
         raise ValueError('fit_irls: a lens term k1 needs its frame, radial_size')
     n_par = 8 if model == 'homography' else 6
@@ -167,6 +202,8 @@ def fit_irls(h: np.ndarray, src: np.ndarray, dst: np.ndarray, model: str, scale:
     centre, radius = T.radial_frame(radial_size or (1, 1))
     centre, radius = (centre - m) / f, radius / f
     s_n, d_n = T.apply(n, src), T.apply(n, dst)
+    # the square root of the residual weighting (the normalisation is a similarity: u unchanged)
+    root = None if along is None else np.eye(2) - (1 - np.sqrt(along[1])) * np.outer(along[0], along[0])
     for _ in range(iters):
         p, j = _jacobian(g, s_n, n_par)
         d = p - centre
@@ -177,6 +214,8 @@ def fit_irls(h: np.ndarray, src: np.ndarray, dst: np.ndarray, model: str, scale:
         if n_all > n_par:
             jac = np.concatenate([jac, (d * rho2[:, None])[:, :, None]], axis=2)
         r = d_n - (centre + d * (1 + k1 * rho2)[:, None])
+        if root is not None:
+            r, jac = r @ root.T, np.einsum('ij,njk->nik', root, jac)
         e = np.linalg.norm(r, axis=1) * f
         w = 1 / (1 + (e / scale) ** 2)
         a = np.einsum('n,nki,nkj->ij', w, jac, jac)
@@ -194,7 +233,8 @@ def fit_irls(h: np.ndarray, src: np.ndarray, dst: np.ndarray, model: str, scale:
 
 
 def corner_spread(h: np.ndarray, k1: float, src: np.ndarray, dst: np.ndarray, model: str, scale: float,
-                  size: Tuple[int, int], radial: bool, cells: int = 3) -> float:
+                  size: Tuple[int, int], radial: bool, cells: int = 3,
+                  along: Optional[Tuple[np.ndarray, float]] = None) -> float:
     """How much the fitted transform at the visible frame's corners depends on which part of the
     image is seen: a spatial jackknife. The correspondences (infrared ``src`` -> visible ``dst``,
     a ``size`` frame) are split by visible position into ``cells`` x ``cells`` groups; the fit of
@@ -202,7 +242,7 @@ def corner_spread(h: np.ndarray, k1: float, src: np.ndarray, dst: np.ndarray, mo
     returned. A real scene that the model describes only in part (parallax) gives a fit whose
     corners swing when a region is left out, and such an estimate cannot be trusted at the corners
     however well it scores. Infinite when one group holds so many blocks that the rest cannot be
-    fitted."""
+    fitted. ``along``: the fit's parallax weighting (:func:`fit_irls`)."""
     hh, ww = size
     gx = np.clip((dst[:, 0] / ww * cells).astype(int), 0, cells - 1)
     gy = np.clip((dst[:, 1] / hh * cells).astype(int), 0, cells - 1)
@@ -213,14 +253,16 @@ def corner_spread(h: np.ndarray, k1: float, src: np.ndarray, dst: np.ndarray, mo
         keep = group != k
         if keep.sum() < need + 2:
             return float('inf')
-        h_k, k_k = fit_irls(h, src[keep], dst[keep], model, scale, radial_size=size if radial else None, k1=k1)
+        h_k, k_k = fit_irls(h, src[keep], dst[keep], model, scale, radial_size=size if radial else None, k1=k1,
+                            along=along)
         worst = max(worst, T.corner_error(h_k, h, size, k_k, k1))
     return worst
 
 
 def block_refine(pair, h_full: np.ndarray, model: str, passes: Sequence[Tuple[int, int, int, int, float]],
                  min_margin: float = 0.02, radial: bool = True, max_k1: float = 0.15,
-                 min_radial_blocks: int = 24) -> Tuple[np.ndarray, float, dict]:
+                 min_radial_blocks: int = 24, parallax_weight: float = 1.0,
+                 parallax_ramp: Tuple[float, float] = (1.2, 4.0)) -> Tuple[np.ndarray, float, dict]:
     """Refines ``h_full`` (infrared -> visible, full resolution) by passes of (visible long side,
     block, stride, radius, inlier threshold), all in level pixels; ``pair`` is the estimate's
     ``_Pair``. Each pass warps the infrared image by the current transform, measures block shifts
@@ -230,12 +272,17 @@ def block_refine(pair, h_full: np.ndarray, model: str, passes: Sequence[Tuple[in
     the fit little. With ``radial`` the lens term ``k1`` is fitted too, where at least
     ``min_radial_blocks`` blocks are inliers (fewer leave it noisy: small images); a fit with
     ``|k1|`` above ``max_k1`` (not a lens the data supports) is replaced by the plain homography.
+    With ``parallax_weight`` below 1, a first isotropic fit gives the residuals' direction and
+    anisotropy (:func:`parallax_direction`), and the fit is repeated with the along-direction
+    residuals weighted by :func:`along_weight` (``parallax_weight`` from ``parallax_ramp[1]`` on).
     Returns the transform, its ``k1`` and the last pass's diagnostics: blocks measured, blocks used, inliers,
-    inlier RMS residual (full-resolution pixels), passes run, and the corners' spread when one ninth
-    of the blocks is left out (:func:`corner_spread`, pixels, capped at 1e6)."""
+    inlier RMS residual (full-resolution pixels), passes run, the corners' spread when one ninth
+    of the blocks is left out (:func:`corner_spread`, pixels, capped at 1e6), and the parallax
+    direction, anisotropy and along-direction weight."""
     h_cur, k_cur = h_full.copy(), 0.0
     vis_size = pair.vis_size
-    info = {'blocks': 0, 'used': 0, 'inliers': 0, 'rms_px': None, 'passes': 0, 'corner_spread_px': None}
+    info = {'blocks': 0, 'used': 0, 'inliers': 0, 'rms_px': None, 'passes': 0, 'corner_spread_px': None,
+            'parallax_direction': None, 'parallax_anisotropy': None, 'parallax_weight': 1.0}
     for long_side, block, stride, radius, thr in passes:
         size, a_vis, vfield, _, _ = pair.vis_level(long_side)
         ifield, _, _, imask = pair.ir_on_vis_level(h_cur, long_side, k1=k_cur)
@@ -252,17 +299,28 @@ def block_refine(pair, h_full: np.ndarray, model: str, passes: Sequence[Tuple[in
         if g is None:
             break
         lens = radial and inl.sum() >= min_radial_blocks
-        h_new, k_new = fit_irls(g, src_ir, dst_full, model, thr_full, radial_size=vis_size if lens else None,
-                                k1=k_cur if lens else 0.0)
+        frame, k_start = (vis_size, k_cur) if lens else (None, 0.0)
+        h_new, k_new = fit_irls(g, src_ir, dst_full, model, thr_full, radial_size=frame, k1=k_start)
+        along = None
+        if parallax_weight < 1:
+            u, anisotropy = parallax_direction(h_new, k_new, src_ir, dst_full, vis_size, thr_full)
+            w = along_weight(anisotropy, parallax_weight, parallax_ramp) if u is not None else 1.0
+            info.update(parallax_direction=None if u is None else [round(float(c), 3) for c in u],
+                        parallax_anisotropy=round(anisotropy, 2), parallax_weight=round(w, 3))
+            if w < 1:
+                along = (u, w)
+                h_new, k_new = fit_irls(g, src_ir, dst_full, model, thr_full, radial_size=frame, k1=k_start,
+                                        along=along)
         if abs(k_new) > max_k1:
-            h_new, k_new = fit_irls(g, src_ir, dst_full, model, thr_full)
+            h_new, k_new = fit_irls(g, src_ir, dst_full, model, thr_full, along=along)
         h_cur, k_cur = h_new, k_new
         res = np.linalg.norm(T.map_points(h_cur, src_ir[inl], vis_size, k_cur) - dst_full[inl], axis=1)
         info.update(inliers=int(inl.sum()), rms_px=round(float(np.sqrt(np.mean(res ** 2))), 3),
                     passes=info['passes'] + 1)
-        last = (src_ir, dst_full, thr_full)
+        last = (src_ir, dst_full, thr_full, along)
     if info['passes']:
-        src_ir, dst_full, thr_full = last
-        spread = corner_spread(h_cur, k_cur, src_ir, dst_full, model, thr_full, vis_size, radial and k_cur != 0)
+        src_ir, dst_full, thr_full, along = last
+        spread = corner_spread(h_cur, k_cur, src_ir, dst_full, model, thr_full, vis_size, radial and k_cur != 0,
+                               along=along)
         info['corner_spread_px'] = round(min(spread, 1e6), 3)
     return h_cur, k_cur, info

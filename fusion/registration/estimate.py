@@ -98,6 +98,12 @@ class RegistrationOptions:
                                        homography (``k1`` = 0)
     max_k1                 0.15        a fitted ``|k1|`` above this is no lens: plain homography
     min_radial_blocks      24          fewer inlier blocks (small images): plain homography
+    parallax_weight        0.1         the weight of the block residuals along their main direction
+                                       where they clearly have one (parallax along the baseline;
+                                       :func:`fusion.registration.blocks.parallax_direction`);
+                                       1: every direction alike
+    parallax_ramp          1.2, 4.0    residual anisotropy at which that weight starts to fall
+                                       from 1, and from which it is ``parallax_weight``
     refine_levels          2 levels    (long side, blur sigma, iterations) of ``gauss_newton``
     ====================== =========== ============================================================
     """
@@ -133,6 +139,8 @@ class RegistrationOptions:
     distortion: str = 'radial'
     max_k1: float = 0.15
     min_radial_blocks: int = 24
+    parallax_weight: float = 0.1
+    parallax_ramp: Tuple[float, float] = (1.2, 4.0)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -143,6 +151,11 @@ class RegistrationOptions:
             raise ValueError(f'--distortion must be one of {", ".join(DISTORTIONS)}, got {self.distortion!r}')
         if self.refine_method not in REFINE_METHODS:
             raise ValueError(f'--refine-method must be one of {", ".join(REFINE_METHODS)}, got {self.refine_method!r}')
+        if not 0 < self.parallax_weight <= 1:
+            raise ValueError(f'--parallax-weight must be in (0, 1], got {self.parallax_weight}')
+        lo, hi = self.parallax_ramp
+        if not 1 <= lo < hi:
+            raise ValueError(f'parallax_ramp must be two anisotropies 1 <= low < high, got {self.parallax_ramp}')
 
 
 @dataclasses.dataclass
@@ -509,7 +522,8 @@ def register_arrays(ir: np.ndarray, vis: np.ndarray, opt: Optional[RegistrationO
     if opt.refine_model != 'none' and opt.refine_method == 'blocks':
         h, k1, block_info = block_refine(pair, h, opt.refine_model, opt.block_passes, opt.block_min_margin,
                                          radial=opt.distortion == 'radial', max_k1=opt.max_k1,
-                                         min_radial_blocks=opt.min_radial_blocks)
+                                         min_radial_blocks=opt.min_radial_blocks,
+                                         parallax_weight=opt.parallax_weight, parallax_ramp=opt.parallax_ramp)
         refine_details = {'refine_' + k: v for k, v in block_info.items()}
     conf = confidence(pair, h, opt, k1)
     if opt.refine_model != 'none' and opt.refine_method == 'gauss_newton':

@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='the model of our refinement (none: the grid searches only)')
     parser.add_argument('--refine-method', default=RegistrationOptions.refine_method, choices=REFINE_METHODS)
     parser.add_argument('--distortion', default=RegistrationOptions.distortion, choices=DISTORTIONS)
+    number_arg(parser, '--parallax-weight', float, min=0, max=1, open_min=True,
+               default=RegistrationOptions.parallax_weight, help='1: the isotropic block fit')
     number_arg(parser, '--timing-repeats', int, min=1, default=3)
     output_arg(parser, '--out', kind='file', default=None, help='also write the JSON here')
     return parser
@@ -110,7 +112,7 @@ def main(argv=None) -> None:
     cv2.setNumThreads(1)
     # the threshold is chosen below
     opt = RegistrationOptions(model=args.model, refine_model=args.refine, refine_method=args.refine_method,
-                              distortion=args.distortion, min_score=-1e9)
+                              distortion=args.distortion, parallax_weight=args.parallax_weight, min_score=-1e9)
     rng = np.random.default_rng(args.seed)
     cases = []
     pairs = collect_pairs(args.max_per_dataset, not args.bundled_only)
@@ -179,7 +181,8 @@ def main(argv=None) -> None:
         fails.append({'case': label, 'ok': r.ok, 'score': round(r.score, 2), 'reason': r.reason})
     report = {'meta': machine_meta(opencv=cv2.__version__, cv2_threads=cv2.getNumThreads(),
                                    omp_threads=os.environ.get('OMP_NUM_THREADS')), 'refine': args.refine,
-              'refine_method': args.refine_method, 'distortion': args.distortion, 'cases': len(cases),
+              'refine_method': args.refine_method, 'distortion': args.distortion,
+              'parallax_weight': args.parallax_weight, 'cases': len(cases),
               'threshold': threshold, 'transform_range': {
                   'rotation_deg': 5, 'scale': [0.85, 1.15], 'shift': 0.08, 'perspective': args.perspective,
                   'half_resolution': 'every third case'}, 'methods': {}}
