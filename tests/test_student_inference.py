@@ -9,8 +9,9 @@ import torch
 from conftest import DATASETS
 from torch import nn
 
+from fusion.archs.bn_fold import fold_conv_bn
 from fusion.archs.sage_student_arch import SAGEStudent
-from fusion.archs.sage_student_deploy import FastSAGEStudent, fold_conv_bn, mkldnn_fused_available
+from fusion.archs.sage_student_deploy import FastSAGEStudent, mkldnn_fused_available
 from fusion.inference import load_student
 from fusion.inferencer import FusionInferencer, resolve_channels_last
 from fusion.utils.img_util import read_image, read_ir, read_vis_ycrcb, tensor_to_uint8, ycrcb_to_rgb

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fusion.archs.bn_fold import fold_conv_bn
+
 
 logger = logging.getLogger(__name__)
 
@@ -105,26 +107,6 @@ def mkldnn_fused_available(dtype: torch.dtype = torch.float32) -> bool:
 # --------------------------------------------------------------------------------------------
 # BN folding and the fused network
 # --------------------------------------------------------------------------------------------
-def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of ``bn(conv(x))`` as one conv, with BN's running statistics (eval mode).
-
-    Computed in float64 so the folded layer differs from the two-step one only by the rounding of
-    the final float32 values.
-    """
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError('cannot fold a BatchNorm without running statistics (track_running_stats=False)')
-    w = conv.weight.detach().double()
-    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64,
-                                                                              device=w.device)
-    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(b)
-    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(b)
-    scale = gamma / torch.sqrt(bn.running_var.detach().double() + bn.eps)
-    folded_w = w * scale.view(-1, 1, 1, 1)
-    folded_b = (b - bn.running_mean.detach().double()) * scale + beta
-    dtype = conv.weight.dtype
-    return folded_w.to(dtype), folded_b.to(dtype)
-
-
 def _folded_conv(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Conv2d:
     out_ch, in_ch, kh, kw = weight.shape
     conv = nn.Conv2d(in_ch, out_ch, (kh, kw), padding=(kh // 2, kw // 2), bias=bias is not None)

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from fusion.archs.zoo_util import check_fits, fold_bn, load_torch_state
+from fusion.archs.bn_fold import fold_bn
+from fusion.archs.zoo_util import check_fits, load_torch_state
 
 
 WEIGHTS_FILE = 'model_10.pth'

@@ -1,5 +1,5 @@
 """What the zoo archs (``*_arch.py`` of published methods) share: reading the authors' weight files
-and checking them against the class, and folding BatchNorm for the deploy-time forms.
+and checking them against the class (BatchNorm folding for the fast paths: :mod:`fusion.archs.bn_fold`).
 
 A ``published_state_dict`` raises ``ValueError`` with one line naming the file, what was expected
 and where the authors publish it; the zoo runner (:mod:`fusion.zoo`) adds which method a file of
@@ -53,16 +53,3 @@ def check_fits(state: Dict[str, torch.Tensor], net: nn.Module, path: str, title:
         raise ValueError(f'{path}: not {title} weights ({len(missing)} missing keys e.g. {missing[:2]}, '
                          f'{len(unexpected)} unexpected e.g. {unexpected[:2]}, {len(sizes)} of another shape'
                          f'{" e.g. " + sizes[0] if sizes else ""}); expected the file published at {source}')
-
-
-def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A conv equal to ``bn(conv(x))`` of an eval-mode BN (computed in float64, rounded once)."""
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    weight = conv.weight.double() * scale.reshape(-1, 1, 1, 1)
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(bn.running_mean, dtype=torch.float64)
-    bias = (bias - bn.running_mean.double()) * scale + bn.bias.double()
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
-    fused.weight.data.copy_(weight.to(conv.weight.dtype))
-    fused.bias.data.copy_(bias.to(conv.weight.dtype))
-    return fused
