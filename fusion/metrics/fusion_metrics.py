@@ -25,7 +25,7 @@ from basicsr.utils.registry import METRIC_REGISTRY
 from fusion.metrics.fmi import feature_mutual_information
 from fusion.metrics.mef_ssim import mef_ms_ssim, mef_ssim
 from fusion.metrics.metric_util import (gaussian_kernel_1d, prepare_triple, quantize_8bit, to_metric_gray,
-                                        valid_correlate)
+                                        valid_correlate, vif_scale_information)
 
 
 __all__ = [
@@ -143,10 +143,6 @@ def fusion_psnr(fused: Any, ir: Any, vis: Any, peak: Optional[float] = None) -> 
 
 # --- VIF -------------------------------------------------------------------------------------
 
-_VIF_SIGMA_NSQ = 2.0
-_VIF_EPS = 1e-10
-
-
 def _vif_ratios(refs: Sequence[np.ndarray], dist: np.ndarray) -> List[float]:
     """Pixel-domain multiscale VIF (Sheikh & Bovik ``vifp_mscale``) of ``dist`` against each reference;
     the statistics of ``dist`` are computed once for all references."""
@@ -162,27 +158,14 @@ def _vif_ratios(refs: Sequence[np.ndarray], dist: np.ndarray) -> List[float]:
         mu2 = valid_correlate(dist, win)
         sigma2_sq = valid_correlate(dist * dist, win) - mu2 * mu2
         np.maximum(sigma2_sq, 0.0, out=sigma2_sq)
-        flat_dist = sigma2_sq < _VIF_EPS
         for idx, ref in enumerate(refs):
             mu1 = valid_correlate(ref, win)
             sigma1_sq = valid_correlate(ref * ref, win) - mu1 * mu1
             sigma12 = valid_correlate(ref * dist, win) - mu1 * mu2
             np.maximum(sigma1_sq, 0.0, out=sigma1_sq)
-            g = sigma12 / (sigma1_sq + _VIF_EPS)
-            sv_sq = sigma2_sq - g * sigma12
-            # the special cases of vifp_mscale, applied in its order
-            flat_ref = sigma1_sq < _VIF_EPS
-            g[flat_ref] = 0.0
-            sv_sq[flat_ref] = sigma2_sq[flat_ref]
-            sigma1_sq[flat_ref] = 0.0
-            g[flat_dist] = 0.0
-            sv_sq[flat_dist] = 0.0
-            negative = g < 0
-            sv_sq[negative] = sigma2_sq[negative]
-            g[negative] = 0.0
-            sv_sq[sv_sq <= _VIF_EPS] = _VIF_EPS
-            nums[idx] += float(np.sum(np.log10(1.0 + g * g * sigma1_sq / (sv_sq + _VIF_SIGMA_NSQ))))
-            dens[idx] += float(np.sum(np.log10(1.0 + sigma1_sq / _VIF_SIGMA_NSQ)))
+            num, den = vif_scale_information(sigma1_sq, sigma2_sq, sigma12)
+            nums[idx] += num
+            dens[idx] += den
     ratios = []
     for num, den in zip(nums, dens):
         ratio = num / den if den != 0.0 else float('nan')

@@ -15,7 +15,7 @@ import numpy as np
 
 
 __all__ = ['to_metric_gray', 'prepare_triple', 'quantize_8bit', 'valid_correlate', 'box_sum_valid',
-           'gaussian_kernel_1d', 'keep_freed_memory']
+           'gaussian_kernel_1d', 'keep_freed_memory', 'vif_scale_information']
 
 
 def _to_numpy(img: Any, name: str) -> np.ndarray:
@@ -127,6 +127,35 @@ def valid_correlate(img: np.ndarray, kernel_1d: np.ndarray) -> np.ndarray:
                            anchor=(k // 2, k // 2), borderType=cv2.BORDER_CONSTANT)
     lo, hi = k // 2, k - 1 - k // 2
     return full[lo:h - hi, lo:w - hi]
+
+
+VIF_SIGMA_NSQ = 2.0  # vifp_mscale's noise variance
+VIF_EPS = 1e-10
+
+
+def vif_scale_information(sigma1_sq: np.ndarray, sigma2_sq: np.ndarray, sigma12: np.ndarray) -> Tuple[float, float]:
+    """One scale of pixel-domain VIF (Sheikh & Bovik ``vifp_mscale``) from the local statistics of
+    reference (``sigma1_sq``), distorted image (``sigma2_sq``) and both (``sigma12``), the
+    variances already clipped at 0: (information the distorted image keeps, information of the
+    reference), log10 sums. ``vifp_mscale``'s special cases (flat reference, flat distorted image,
+    negative gain) are applied in its order; the inputs are left unchanged."""
+    g = sigma12 / (sigma1_sq + VIF_EPS)
+    sv_sq = sigma2_sq - g * sigma12
+    sigma1_sq = sigma1_sq.copy()
+    flat_ref = sigma1_sq < VIF_EPS
+    g[flat_ref] = 0.0
+    sv_sq[flat_ref] = sigma2_sq[flat_ref]
+    sigma1_sq[flat_ref] = 0.0
+    flat_dist = sigma2_sq < VIF_EPS
+    g[flat_dist] = 0.0
+    sv_sq[flat_dist] = 0.0
+    negative = g < 0
+    sv_sq[negative] = sigma2_sq[negative]
+    g[negative] = 0.0
+    sv_sq[sv_sq <= VIF_EPS] = VIF_EPS
+    num = float(np.sum(np.log10(1.0 + g * g * sigma1_sq / (sv_sq + VIF_SIGMA_NSQ))))
+    den = float(np.sum(np.log10(1.0 + sigma1_sq / VIF_SIGMA_NSQ)))
+    return num, den
 
 
 def box_sum_valid(img: np.ndarray, k: int) -> np.ndarray:

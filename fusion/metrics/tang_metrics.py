@@ -22,7 +22,7 @@ from basicsr.utils.registry import METRIC_REGISTRY
 
 from fusion.metrics.matlab_util import (conv2_same, entropy_uint8, filter2_separable, gradient, im2double, rgb2gray,
                                         to_uint8_saturate, uint8_image)
-from fusion.metrics.metric_util import gaussian_kernel_1d
+from fusion.metrics.metric_util import gaussian_kernel_1d, vif_scale_information
 
 
 __all__ = ['tang_gray', 'tang_en', 'tang_sd', 'tang_sf', 'tang_ag', 'tang_mi', 'tang_scd', 'tang_vif', 'tang_qabf',
@@ -154,10 +154,6 @@ def tang_psnr(fused: Any, ir: Any, vis: Any) -> float:
 
 # --- VIF -------------------------------------------------------------------------------------
 
-_VIF_SIGMA_NSQ = 2.0
-_VIF_EPS = 1e-10
-
-
 def _vifp_mscale(ref8: np.ndarray, dist8: np.ndarray) -> float:
     """``vifp_mscale(ref, dist)`` called with **uint8** images: at the first scale ``ref.*ref``,
     ``dist.*dist`` and ``ref.*dist`` are uint8 products that saturate at 255, so the variances of
@@ -188,21 +184,9 @@ def _vifp_mscale(ref8: np.ndarray, dist8: np.ndarray) -> float:
         sigma12 = filt(rd) - mu1 * mu2
         sigma1_sq[sigma1_sq < 0] = 0.0
         sigma2_sq[sigma2_sq < 0] = 0.0
-        g = sigma12 / (sigma1_sq + _VIF_EPS)
-        sv_sq = sigma2_sq - g * sigma12
-        flat = sigma1_sq < _VIF_EPS
-        g[flat] = 0.0
-        sv_sq[flat] = sigma2_sq[flat]
-        sigma1_sq[flat] = 0.0
-        flat = sigma2_sq < _VIF_EPS
-        g[flat] = 0.0
-        sv_sq[flat] = 0.0
-        neg = g < 0
-        sv_sq[neg] = sigma2_sq[neg]
-        g[neg] = 0.0
-        sv_sq[sv_sq <= _VIF_EPS] = _VIF_EPS
-        num += float(np.sum(np.log10(1.0 + g * g * sigma1_sq / (sv_sq + _VIF_SIGMA_NSQ))))
-        den += float(np.sum(np.log10(1.0 + sigma1_sq / _VIF_SIGMA_NSQ)))
+        scale_num, scale_den = vif_scale_information(sigma1_sq, sigma2_sq, sigma12)
+        num += scale_num
+        den += scale_den
     return num / den if den else float('nan')
 
 
